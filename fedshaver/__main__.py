@@ -1,0 +1,7 @@
+"""Allow ``python -m fedshaver``."""
+
+import sys
+
+from fedshaver.cli import main
+
+sys.exit(main())
