@@ -173,11 +173,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr with timestamps; Flower keeps its own console handler, so its records do not propagate."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False
+
+
+def script_arguments(description: str, default_experiment: str) -> argparse.ArgumentParser:
+    """Return the argument parser shared by the scripts under ``simulations/``."""
+    root = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=root / "configs" / "criteo.yaml", help="YAML config file")
+    parser.add_argument("--experiment", default=default_experiment, help=f"experiment name (default: {default_experiment})")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value; repeatable")
+    parser.add_argument("--run-dir", type=Path, help="run folder (default: a new folder under output.run_dir)")
+    parser.add_argument("--log-level", default="INFO", help="logging level; default INFO")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def run_script(parser: argparse.ArgumentParser, job, argv: list[str] | None = None) -> int:
+    """Parse script arguments, load the config and call ``job(config, args)``; named errors exit with 2."""
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        job(_config(args), args)
+    except FedShaverError as error:
+        logger.error("%s", error)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         args.handler(args)
     except FedShaverError as error:

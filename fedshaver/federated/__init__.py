@@ -1,0 +1,1 @@
+"""Federated simulation with Flower: thin ServerApp and ClientApp over the library's phases."""
