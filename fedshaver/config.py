@@ -223,6 +223,34 @@ class FederationConfig:
 
 
 @dataclass
+class StudyConfig:
+    """Settings of the research workflows under ``simulations/``.
+
+    Attributes
+    ----------
+    backbones : list of str
+        Backbones compared by the budget sweep (``deepfm``, ``dcn_mix``).
+    modes : list of str
+        ``centralized`` (central training) and/or ``federated`` (the global model of a FedAvg run).
+    data_fractions : list of float
+        Fractions of the server's data used for attribution in the data-fraction study.
+    fixed_sparsity : list of float
+        Sparsity rates evaluated at each data fraction.
+    frequency_bins : int
+        Number of equal-size feature-frequency bins in the frequency analysis.
+    frequency_sparsity : float
+        Sparsity rate of the frequency analysis.
+    """
+
+    backbones: list[str] = field(default_factory=lambda: ["deepfm", "dcn_mix"])
+    modes: list[str] = field(default_factory=lambda: ["centralized"])
+    data_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
+    fixed_sparsity: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.95])
+    frequency_bins: int = 3
+    frequency_sparsity: float = 0.5
+
+
+@dataclass
 class OutputConfig:
     """Where runs are written. ``run_dir`` receives one sub-folder per run."""
 
@@ -249,6 +277,7 @@ class ExperimentConfig:
     shaver: ShaverConfig = field(default_factory=ShaverConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str = ""
 
@@ -524,5 +553,21 @@ def validate(config: ExperimentConfig) -> None:
                 entry,
                 "entries {partition_id: int, phase: train|evaluate|any, round: int (optional)}",
             )
+    for backbone in config.study.backbones:
+        if backbone not in ("deepfm", "dcn_mix"):
+            fail("study.backbones", backbone, "a list of deepfm, dcn_mix")
+    for mode in config.study.modes:
+        if mode not in ("centralized", "federated"):
+            fail("study.modes", mode, "a list of centralized, federated")
+    for fraction in config.study.data_fractions:
+        if not 0.0 < fraction <= 1.0:
+            fail("study.data_fractions", fraction, "a list of fractions in (0, 1]")
+    for rate in config.study.fixed_sparsity:
+        if not 0.0 <= rate <= 1.0:
+            fail("study.fixed_sparsity", rate, "a list of rates in [0, 1]")
+    if config.study.frequency_bins < 1:
+        fail("study.frequency_bins", config.study.frequency_bins, "at least 1")
+    if not 0.0 <= config.study.frequency_sparsity <= 1.0:
+        fail("study.frequency_sparsity", config.study.frequency_sparsity, "in [0, 1]")
     if sum(config.data.split_fractions) <= 0:
         fail("data.split_fractions", config.data.split_fractions, "three fractions summing to 1")

@@ -30,9 +30,8 @@ def external_data(relative: str) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    torch.set_num_threads(2)
+# Two CPU threads, as on the project's CI machines; set at import so module-scoped fixtures use it too.
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

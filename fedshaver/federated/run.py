@@ -47,11 +47,14 @@ def config_from_run_config(run_config) -> tuple[ExperimentConfig, Path | None]:
     return load_config(config_file, experiment, overrides), (Path(run_dir) if run_dir else None)
 
 
-def run_federated(config: ExperimentConfig, run_dir: Path | str | None = None, progress: bool = True) -> FederatedResult:
+def run_federated(
+    config: ExperimentConfig, run_dir: Path | str | None = None, progress: bool = True, train_only: bool = False
+) -> FederatedResult:
     """Run the federated main job with Flower's simulation engine in this process.
 
     Setup errors (unusable partitions, invalid device profile, infeasible budgets) are raised before
-    the simulation starts. The ServerApp and ClientApp are the same as for ``flwr run .``.
+    the simulation starts. The ServerApp and ClientApp are the same as for ``flwr run .``. With
+    ``train_only`` the run stops after federated training (see :meth:`FederatedJob.run`).
 
     Returns
     -------
@@ -67,7 +70,7 @@ def run_federated(config: ExperimentConfig, run_dir: Path | str | None = None, p
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["result"] = job.run(grid)
+            outcome["result"] = job.run(grid, train_only=train_only)
         except BaseException as error:  # re-raised below, in the caller's thread
             outcome["error"] = error
 

@@ -32,6 +32,7 @@ from fedshaver.errors import InfeasibleBudgetError, PartitionError
 from fedshaver.federated import messages
 from fedshaver.federated.strategy import OrderedFedAvg, short_error
 from fedshaver.metrics import pool_predictions
+from fedshaver.models import CTRModel
 from fedshaver.results import attribution_file, new_run_dir, write_config, write_csv, write_json
 from fedshaver.shaver.attribution import Attribution, estimate_shapley
 from fedshaver.shaver.placeholders import make_placeholder
@@ -63,9 +64,12 @@ class FederatedResult:
         One row per failed client call: round, phase, partition id, error.
     partitions : pandas.DataFrame
         Row and click counts of every client partition.
-    attribution : Attribution
+    attribution : Attribution or None
+        Shapley values of the global model (None when only training ran).
     timings : dict
         Seconds spent in each phase.
+    model : CTRModel or None
+        The final global model.
     """
 
     run_dir: Path
@@ -76,6 +80,7 @@ class FederatedResult:
     partitions: pd.DataFrame
     attribution: Attribution | None = None
     timings: dict = field(default_factory=dict)
+    model: CTRModel | None = None
 
     def summary_text(self) -> str:
         """Return the per-tier table and the run folder as printable text."""
@@ -390,7 +395,7 @@ class FederatedJob:
         plots.plot_history(self.history, self.run_dir / "history.png")
         write_json({"timings_seconds": self.timings, "failures": len(failures), "fedshaver_run": self.config.name}, self.run_dir / "summary.json")
         self.result = FederatedResult(
-            self.run_dir, self.history, devices, tiers, failures, self.partition_table, self.attribution, dict(self.timings)
+            self.run_dir, self.history, devices, tiers, failures, self.partition_table, self.attribution, dict(self.timings), self.model
         )
         return self.result
 
@@ -428,10 +433,23 @@ class FederatedJob:
 
     # Driver ------------------------------------------------------------------------------------
 
-    def run(self, grid: Grid) -> FederatedResult:
-        """Run phases 2-6 with ``grid`` (phase 1, :meth:`setup`, must have run)."""
+    def run(self, grid: Grid, train_only: bool = False) -> FederatedResult:
+        """Run phases 2-6 with ``grid`` (phase 1, :meth:`setup`, must have run).
+
+        With ``train_only`` the run stops after federated training: the result holds the history,
+        failures and the global model, and empty device and tier tables.
+        """
         self.handshake(grid)
         self.train(grid)
+        if train_only:
+            write_csv(self.history, self.run_dir / "history.csv")
+            failures = pd.DataFrame(self.strategy.failures, columns=FAILURE_COLUMNS)
+            write_csv(failures, self.run_dir / "failures.csv")
+            self.result = FederatedResult(
+                self.run_dir, self.history, pd.DataFrame(), pd.DataFrame(), failures, self.partition_table,
+                None, dict(self.timings), self.model,
+            )
+            return self.result
         self.shave()
         self.deploy(grid)
         result = self.collect()
