@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,17 @@ class Attribution:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"attribution file not found: {path}")
+        rerun = "run the attribution again (`fedshaver attribute` or the federated run) to rewrite it"
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+            raise CheckpointError(f"{path} is not a valid attribution file ({error}); {rerun}") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise CheckpointError(
+                f"{path} is not a valid attribution file (it contains one array, not an .npz archive); {rerun}"
+            )
+        try:
+            with archive:
                 metadata = json.loads(str(archive["metadata"]))
                 return cls(
                     values=archive["values"],
@@ -118,8 +128,8 @@ class Attribution:
                     seconds=float(metadata["seconds"]),
                     stop_reason=str(metadata["stop_reason"]),
                 )
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(f"{path} is not a valid attribution file: {error}") from None
+        except (KeyError, ValueError, TypeError, zipfile.BadZipFile) as error:
+            raise CheckpointError(f"{path} is not a valid attribution file ({error}); {rerun}") from None
 
 
 class _RunningMoments:
