@@ -1,7 +1,7 @@
 """Plots of run results, drawn with matplotlib.
 
 Every function builds a :class:`matplotlib.figure.Figure` without pyplot, so it neither needs nor
-changes a GUI backend; it writes a PNG when given a path and returns the figure, which notebooks
+changes a GUI backend. It writes a PNG when given a path and returns the figure, which notebooks
 display inline.
 """
 

@@ -9,7 +9,7 @@
 - :func:`frequency_study`: retained embedding size per feature in equal-size frequency bins, Shaver-Zero
   against Shaver-Codebook (RQ5, Figure 4).
 
-Every run folder holds the resolved config (with seed and package version), CSV tables, PNG plots and a
+Every run folder contains the resolved config (with seed and package version), CSV tables, PNG plots and a
 ``summary.json`` with the seconds each phase took.
 """
 

@@ -1,4 +1,4 @@
-"""What a simulated client device does for each message; the ClientApp only routes messages here.
+"""Client-side handlers of the simulated devices; the ClientApp only routes messages here.
 
 A client learns its partition from ``context.node_config["partition-id"]`` and reads its rows from the
 prepared dataset named in the message's job context. It keeps small counters in ``context.state`` (the
@@ -146,7 +146,7 @@ def _evaluate(model, test: EncodedSplit) -> tuple[dict, np.ndarray]:
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the local test rows.
 
-    The ``deploy`` config record says what arrived: ``reference`` (the full global model) or
+    The ``deploy`` config record names what arrived: ``reference`` (the full global model) or
     ``variant`` (the head plus the tier's stored embedding table). With ``federation.finetune_epochs``
     above 0, a variant is then fine-tuned on the local training rows with its pruning fixed (pruned
     entries keep their placeholder, the codebook frozen) and evaluated again.

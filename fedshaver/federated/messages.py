@@ -7,7 +7,7 @@
   :class:`~fedshaver.shaver.storage.CompactTable` or :class:`~fedshaver.shaver.storage.QuantizedTable`)
   plus a ``ConfigRecord`` describing the layout, so the message size follows the budget.
 - Evaluation replies carry labels and logits of the client's test rows, which the server pools for
-  exact pooled AUC (a simulation shortcut; a deployment would send score histograms instead).
+  exact pooled AUC. This is a simulation shortcut: a deployment would send score histograms instead.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 3. Federated training: FedAvg rounds with central evaluation on the server's validation split.
 4. Shaver, once, on the server: codebook from the clients' summed feature counts, Shapley values on the
    validation split, one ranking.
-5. Devices: one variant per tier from that ranking; every client receives the full model (reference)
+5. Devices: one variant per tier from that ranking. Every client receives the full model (reference)
    and then its tier's variant, evaluates both on its test rows and replies with metrics and scores.
 6. Results: per-device rows, per-tier and pooled aggregates, history, failures, plot.
 """
@@ -58,7 +58,7 @@ class FederatedResult:
         One row per client device: tier, budget, stored bytes, sparsity, examples, AUC, LogLoss and the
         reference AUC and LogLoss of the unpruned model.
     tiers : pandas.DataFrame
-        One row per tier plus ``all``: pooled AUC and LogLoss of the variants and of the reference; the
+        One row per tier plus ``all``: pooled AUC and LogLoss of the variants and of the reference. The
         ``all`` row's bytes and sparsity are means over devices.
     failures : pandas.DataFrame
         One row per failed client call: round, phase, partition id, error.
@@ -378,7 +378,12 @@ class FederatedJob:
                     row["tuned_auc_defined"] = bool(values["tuned-auc-defined"])
                     row["tuned_logloss"] = float(values["tuned-logloss"])
                     _pool(pooled, "tuned_", groups, reply.content.array_records["tuned-predictions"])
-            row["status"] = "failed" if errors else ("no test rows" if row.get("examples", 0) == 0 else "ok")
+            if errors:
+                row["status"] = "failed"
+            elif row["examples"] == 0:
+                row["status"] = "no test rows"
+            else:
+                row["status"] = "ok"
             row["error"] = "; ".join(errors)
             rows.append(row)
         devices = pd.DataFrame(rows)
@@ -436,7 +441,7 @@ class FederatedJob:
     def run(self, grid: Grid, train_only: bool = False) -> FederatedResult:
         """Run phases 2-6 with ``grid`` (phase 1, :meth:`setup`, must have run).
 
-        With ``train_only`` the run stops after federated training: the result holds the history,
+        With ``train_only`` the run stops after federated training: the result contains the history,
         failures and the global model, and empty device and tier tables.
         """
         self.handshake(grid)
