@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedshaver.data.formats import MISSING_TOKEN
 from fedshaver.errors import FeatureMapError, UnknownFieldError
 
 FORMAT_VERSION = 1
@@ -69,9 +70,11 @@ class FieldInfo:
         """Map an array of tokens to global ids; blanks go to the missing id, unknown tokens to OOV."""
         if self._index is None:
             self._index = pd.Index(self.tokens, dtype=object)
-        local = self._index.get_indexer(tokens) + RESERVED_IDS
+        # An object Index keeps pandas from converting the tokens to its string dtype first.
+        tokens = np.asarray(tokens, dtype=object)
+        local = self._index.get_indexer(pd.Index(tokens, dtype=object, copy=False)) + RESERVED_IDS
         local[local < RESERVED_IDS] = OOV_LOCAL_ID
-        local[tokens == ""] = MISSING_LOCAL_ID
+        local[tokens == MISSING_TOKEN] = MISSING_LOCAL_ID
         return (local + self.offset).astype(np.int64)
 
 
@@ -175,8 +178,11 @@ class FeatureMap:
         Raises
         ------
         FeatureMapError
-            When a key is missing, the version is unknown, or offsets, sizes and counts disagree.
+            When a key is missing or has the wrong type, the version is unknown, a field name or a
+            token appears twice, a count is negative, or offsets, sizes and ids disagree.
         """
+        if not isinstance(data, dict):
+            raise FeatureMapError(f"{origin}: a feature map must be a JSON object, got {type(data).__name__}")
         try:
             if data["format_version"] != FORMAT_VERSION:
                 raise FeatureMapError(
@@ -186,23 +192,9 @@ class FeatureMap:
             fields = []
             expected_offset = 0
             for entry in data["fields"]:
-                info = FieldInfo(
-                    name=str(entry["name"]),
-                    kind=str(entry["kind"]),
-                    offset=int(entry["offset"]),
-                    tokens=[str(t) for t in entry["tokens"]],
-                    counts=[int(c) for c in entry["counts"]],
-                )
-                if info.offset != expected_offset:
-                    raise FeatureMapError(
-                        f"{origin}: field {info.name!r} has offset {info.offset}, expected {expected_offset}"
-                    )
-                if int(entry["vocab_size"]) != info.vocab_size or len(info.counts) != info.vocab_size:
-                    raise FeatureMapError(
-                        f"{origin}: field {info.name!r} has vocab_size {entry['vocab_size']}, "
-                        f"{len(info.tokens)} tokens and {len(info.counts)} counts; "
-                        f"expected vocab_size = tokens + {RESERVED_IDS} = counts"
-                    )
+                info = _field_from_dict(entry, expected_offset, origin)
+                if any(f.name == info.name for f in fields):
+                    raise FeatureMapError(f"{origin}: field {info.name!r} appears twice")
                 fields.append(info)
                 expected_offset += info.vocab_size
             if not fields:
@@ -214,12 +206,18 @@ class FeatureMap:
                 split_rows={k: int(v) for k, v in data.get("split_rows", {}).items()},
                 source=dict(data.get("source", {})),
             )
+            if int(data["num_features"]) != feature_map.num_features:
+                raise FeatureMapError(
+                    f"{origin}: num_features is {data['num_features']}, but the fields add up to {feature_map.num_features}"
+                )
+            if "num_fields" in data and int(data["num_fields"]) != feature_map.num_fields:
+                raise FeatureMapError(f"{origin}: num_fields is {data['num_fields']}, but there are {feature_map.num_fields} fields")
+        except FeatureMapError:
+            raise
         except KeyError as error:
             raise FeatureMapError(f"{origin}: feature map is missing the key {error.args[0]!r}") from None
-        if int(data["num_features"]) != feature_map.num_features:
-            raise FeatureMapError(
-                f"{origin}: num_features is {data['num_features']}, but the fields add up to {feature_map.num_features}"
-            )
+        except (TypeError, ValueError) as error:
+            raise FeatureMapError(f"{origin}: feature map has a value of the wrong type ({error})") from None
         return feature_map
 
     def save(self, path: Path | str) -> None:
@@ -240,3 +238,36 @@ class FeatureMap:
         except json.JSONDecodeError as error:
             raise FeatureMapError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(data, origin=str(path))
+
+
+def _field_from_dict(entry: dict, expected_offset: int, origin: str) -> FieldInfo:
+    """Build one field from its :meth:`FeatureMap.to_dict` entry and check it against its position."""
+    name = str(entry["name"])
+    info = FieldInfo(
+        name=name,
+        kind=str(entry["kind"]),
+        offset=int(entry["offset"]),
+        tokens=[str(t) for t in entry["tokens"]],
+        counts=[int(c) for c in entry["counts"]],
+    )
+    if info.offset != expected_offset:
+        raise FeatureMapError(f"{origin}: field {name!r} has offset {info.offset}, expected {expected_offset}")
+    if int(entry["vocab_size"]) != info.vocab_size or len(info.counts) != info.vocab_size:
+        raise FeatureMapError(
+            f"{origin}: field {name!r} has vocab_size {entry['vocab_size']}, "
+            f"{len(info.tokens)} tokens and {len(info.counts)} counts; "
+            f"expected vocab_size = tokens + {RESERVED_IDS} = counts"
+        )
+    for key, expected in (("oov_id", info.oov_id), ("missing_id", info.missing_id)):
+        if key in entry and int(entry[key]) != expected:
+            raise FeatureMapError(f"{origin}: field {name!r} has {key} {entry[key]}, expected {expected}")
+    seen = set()
+    for token in info.tokens:
+        if token in seen:
+            raise FeatureMapError(f"{origin}: field {name!r}: token {token!r} appears twice")
+        seen.add(token)
+    if MISSING_TOKEN in info.tokens:
+        raise FeatureMapError(f"{origin}: field {name!r} lists the blank token, which always has the missing id")
+    if any(c < 0 for c in info.counts):
+        raise FeatureMapError(f"{origin}: field {name!r} has a negative count")
+    return info

@@ -156,25 +156,25 @@ class DataFormat:
     def tokenize(self, chunk: RawChunk, policy: BadRowPolicy) -> TokenChunk:
         """Validate a raw chunk and return its labels and field tokens.
 
+        A row with several invalid values is reported once, with its first invalid column in file
+        order (the label first). Rows are reported in line order, so in raise mode the error names the
+        chunk's first malformed row.
+
         Raises
         ------
         MalformedRowError
             On a label other than 0/1 or an invalid value, unless ``policy`` skips such rows.
         """
         frame = chunk.frame
-        valid = np.ones(len(frame), dtype=bool)
+        errors: dict[int, MalformedRowError] = {}
 
         labels_raw = frame[self.label_column].to_numpy(dtype=object)
-        labels = np.zeros(len(frame), dtype=np.float32)
-        labels[labels_raw == "1"] = 1.0
-        bad = ~((labels_raw == "0") | (labels_raw == "1"))
-        for row in np.flatnonzero(bad):
-            policy.handle(
-                MalformedRowError(
-                    chunk.path, int(chunk.lines[row]), self.label_column, str(labels_raw[row]), "label must be 0 or 1"
-                )
+        is_one = labels_raw == "1"
+        labels = is_one.astype(np.float32)
+        for row in np.flatnonzero(~(is_one | (labels_raw == "0"))):
+            errors[int(row)] = MalformedRowError(
+                chunk.path, int(chunk.lines[row]), self.label_column, str(labels_raw[row]), "label must be 0 or 1"
             )
-            valid[row] = False
 
         tokens: dict[str, np.ndarray] = {}
         for column in self.columns:
@@ -182,14 +182,17 @@ class DataFormat:
                 continue
             if column in self.numeric_fields:
                 tokens[column] = self._tokenize_by_unique(
-                    chunk, column, bucket_numeric_token, "expected an integer or a blank", valid, policy
+                    chunk, column, bucket_numeric_token, "expected an integer or a blank", errors
                 )
             elif column == "hour" and self.name == "avazu":
-                hour_of_day, weekday = self._tokenize_hour(chunk, valid, policy)
-                tokens["hour"] = hour_of_day
-                tokens["weekday"] = weekday
+                tokens["hour"], tokens["weekday"] = self._tokenize_hour(chunk, errors)
             else:
                 tokens[column] = frame[column].to_numpy(dtype=object)
+
+        valid = np.ones(len(frame), dtype=bool)
+        for row in sorted(errors):
+            policy.handle(errors[row])
+            valid[row] = False
         return TokenChunk(labels=labels, tokens={name: tokens[name] for name in self.fields}, valid=valid)
 
     @property
@@ -197,38 +200,32 @@ class DataFormat:
         # Avazu's id is unique per row, so it carries no signal; the paper drops it as well.
         return frozenset({"id"}) if self.name == "avazu" else frozenset()
 
-    def _tokenize_by_unique(self, chunk, column, convert, reason, valid, policy) -> np.ndarray:
+    @staticmethod
+    def _record_errors(chunk, column, codes, uniques, bad_uniques, reason, errors) -> None:
+        """Add an error for every row whose value is one of ``bad_uniques``, unless the row already has one."""
+        for unique_index in bad_uniques:
+            for row in np.flatnonzero(codes == unique_index):
+                errors.setdefault(
+                    int(row),
+                    MalformedRowError(chunk.path, int(chunk.lines[row]), column, str(uniques[unique_index]), reason),
+                )
+
+    def _tokenize_by_unique(self, chunk, column, convert, reason, errors) -> np.ndarray:
+        # Raw columns repeat few distinct values, so each distinct value is converted once.
         codes, uniques = pd.factorize(chunk.frame[column].to_numpy(dtype=object))
         converted = [convert(value) for value in uniques]
         tokens = np.array([MISSING_TOKEN if t is None else t for t in converted], dtype=object)
-        for unique_index, token in enumerate(converted):
-            if token is not None:
-                continue
-            for row in np.flatnonzero(codes == unique_index):
-                policy.handle(MalformedRowError(chunk.path, int(chunk.lines[row]), column, str(uniques[unique_index]), reason))
-                valid[row] = False
-        if len(codes) == 0:
-            return np.empty(0, dtype=object)
+        bad = [index for index, token in enumerate(converted) if token is None]
+        self._record_errors(chunk, column, codes, uniques, bad, reason, errors)
         return tokens[codes]
 
-    def _tokenize_hour(self, chunk, valid, policy) -> tuple[np.ndarray, np.ndarray]:
+    def _tokenize_hour(self, chunk, errors) -> tuple[np.ndarray, np.ndarray]:
         codes, uniques = pd.factorize(chunk.frame["hour"].to_numpy(dtype=object))
         parsed = [_hour_tokens(value) for value in uniques]
         hours = np.array([MISSING_TOKEN if p is None else p[0] for p in parsed], dtype=object)
         weekdays = np.array([MISSING_TOKEN if p is None else p[1] for p in parsed], dtype=object)
-        for unique_index, pair in enumerate(parsed):
-            if pair is not None:
-                continue
-            for row in np.flatnonzero(codes == unique_index):
-                policy.handle(
-                    MalformedRowError(
-                        chunk.path, int(chunk.lines[row]), "hour", str(uniques[unique_index]),
-                        "expected a timestamp YYMMDDHH",
-                    )
-                )
-                valid[row] = False
-        if len(codes) == 0:
-            return np.empty(0, dtype=object), np.empty(0, dtype=object)
+        bad = [index for index, pair in enumerate(parsed) if pair is None]
+        self._record_errors(chunk, "hour", codes, uniques, bad, "expected a timestamp YYMMDDHH", errors)
         return hours[codes], weekdays[codes]
 
 

@@ -1,10 +1,15 @@
-"""Two-pass streaming preprocessing of raw CTR logs into a cached, encoded dataset.
+"""Streaming preprocessing of raw CTR logs into a cached, encoded dataset.
 
-Pass 0 counts the data lines, so the seeded train/valid/test split can have exact sizes. Pass 1
-counts the tokens of every field on the training split and builds the vocabularies (min-count, OOV and
-missing ids). Pass 2 encodes every row into global feature ids and writes each split straight into a
-memory-mapped ``.npy`` file. Peak memory is one chunk of rows plus the token counters, whose size
-depends on the number of distinct values, not on the number of rows.
+The raw text is parsed once. The parse pass validates every row, turns each field's tokens into
+dense integer codes (one table of distinct tokens per field) and stages the codes, labels, key hashes
+and line positions in binary files. It also counts the data lines, so the seeded train/valid/test
+split can have exact sizes. The count pass reads the staged rows, draws each line's split and counts
+every field's tokens on the training split. The vocabularies (min-count, OOV and missing ids) follow
+from these counts. The encode pass maps the staged codes to global feature ids and appends each split
+to its ``.npy`` files. Peak memory is one chunk of rows plus the per-field token tables, whose size
+depends on the number of distinct values, not on the number of rows. The staged files take 8 bytes
+per row more disk space than the encoded arrays (the line index), and they are deleted before the
+result is renamed into place.
 
 The result lands in ``<cache_dir>/<format>-<fingerprint>/`` only when complete: it is written into a
 temporary folder that is renamed at the end and removed on any error. The fingerprint covers the raw
@@ -14,13 +19,14 @@ cache instead of parsing text again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +34,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fedshaver.data.dataset import FEATURE_MAP_FILE, REPORT_FILE, PreparedDataset, load_prepared
-from fedshaver.data.feature_map import FeatureMap, FieldInfo
+from fedshaver.data.feature_map import RESERVED_IDS, FeatureMap, FieldInfo
 from fedshaver.data.formats import MISSING_TOKEN, BadRowPolicy, DataFormat, get_format
-from fedshaver.data.readers import count_data_rows, iter_raw_chunks
-from fedshaver.data.splits import SPLIT_NAMES, SplitAssigner
+from fedshaver.data.readers import iter_raw_chunks
+from fedshaver.data.splits import SPLIT_NAMES, SplitAssigner, split_sizes
+from fedshaver.data.staging import NpyWriter, StagedRows
 from fedshaver.errors import ConfigError, DataNotFoundError, UnknownFieldError
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 1
+_STAGING_FOLDER = "staging"
 
 
 def build_field_info(name: str, kind: str, offset: int, counter: dict[str, int], min_count: int) -> FieldInfo:
@@ -127,6 +135,9 @@ def prepare_dataset(
     min_count = fmt.default_min_count if min_count is None else int(min_count)
     if min_count < 1:
         raise ConfigError(f"min_count must be at least 1, got {min_count}")
+    # Check the fractions and the bad-row mode now, before a pass over the files.
+    split_sizes(0, split_fractions)
+    BadRowPolicy(on_bad_rows)
     raw_columns = [c for c in fmt.columns if c != fmt.label_column]
     for key in key_fields:
         if key not in raw_columns:
@@ -154,56 +165,171 @@ def prepare_dataset(
         _prepare_into(temporary, paths, fmt, min_count, split_fractions, seed, chunk_rows, on_bad_rows, key_fields, options, progress)
         if target.exists():
             shutil.rmtree(target)
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Another process with the same inputs and options finished first; keep its result.
+            shutil.rmtree(temporary, ignore_errors=True)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return load_prepared(target)
 
 
-def _prepare_into(folder, paths, fmt: DataFormat, min_count, split_fractions, seed, chunk_rows, on_bad_rows, key_fields, options, progress):
-    started = time.perf_counter()
-    num_lines = count_data_rows(paths, fmt)
-    if num_lines == 0:
-        raise DataNotFoundError(f"the data files contain no data rows: {[str(p) for p in paths]}")
-    logger.info("Preparing %s: %d data lines in %d file(s)", fmt.name, num_lines, len(paths))
+class _TokenCodes:
+    """Dense integer codes for the distinct tokens of one field, in order of first appearance."""
 
-    # Pass 1: token counts on the training split.
-    pass1_started = time.perf_counter()
-    policy = BadRowPolicy(on_bad_rows)
-    counters: dict[str, dict[str, int]] = {name: {} for name in fmt.fields}
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+
+    def encode(self, tokens: np.ndarray) -> np.ndarray:
+        """Return the code of every token, giving new tokens the next free codes."""
+        # factorize hashes the chunk in C; the Python loop then runs once per distinct token only.
+        local, uniques = pd.factorize(tokens)
+        codes = self.codes
+        mapping = np.fromiter((codes.setdefault(t, len(codes)) for t in uniques.tolist()), dtype=np.int32, count=len(uniques))
+        return mapping[local]
+
+    @property
+    def tokens(self) -> list[str]:
+        """Tokens in code order."""
+        return list(self.codes)
+
+
+def _split_labels(blocks: Iterator[tuple], num_lines: int, split_fractions, seed) -> Iterator[tuple]:
+    """Yield each staged block with the split label of each of its rows appended.
+
+    Labels are drawn per data line, malformed lines included, so a row's split depends only on its line
+    and the seed, never on chunk sizes or on which rows were skipped.
+    """
+    assigner = SplitAssigner(num_lines, split_fractions, seed)
+    served = 0
+    for block in blocks:
+        lines = block[0]
+        if len(lines) == 0:
+            yield (*block, np.empty(0, dtype=np.int8))
+            continue
+        end = int(lines[-1]) + 1
+        labels = assigner.take(end - served)
+        yield (*block, labels[lines - served])
+        served = end
+
+
+def _parse_pass(paths, fmt: DataFormat, chunk_rows, policy, key_fields, staged: StagedRows, progress):
+    """Read the raw files once: validate rows, stage their token codes, labels and key hashes.
+
+    Returns the number of data lines and each field's table of token codes.
+    """
+    vocabularies = [_TokenCodes() for _ in fmt.fields]
+    line_offset = 0
+    with contextlib.closing(staged), tqdm(unit="rows", desc="prepare 1/3 parse", disable=not progress) as bar:
+        for chunk, positions, consumed in iter_raw_chunks(paths, fmt, chunk_rows, policy):
+            tokens = fmt.tokenize(chunk, policy)
+            # Selecting rows copies every object column, so it is skipped when no row is malformed.
+            valid = slice(None) if tokens.valid.all() else np.flatnonzero(tokens.valid)
+            labels = tokens.labels[valid]
+            codes = np.empty((len(labels), len(fmt.fields)), dtype=np.int32)
+            for column, name in enumerate(fmt.fields):
+                codes[:, column] = vocabularies[column].encode(tokens.tokens[name][valid])
+            keys = np.empty((len(labels), len(key_fields)), dtype=np.uint64)
+            for column, key in enumerate(key_fields):
+                keys[:, column] = pd.util.hash_array(chunk.frame[key].to_numpy(dtype=object)[valid])
+            staged.append(line_offset + positions[valid], codes, labels, keys)
+            line_offset += consumed
+            bar.update(consumed)
+            # Free this chunk's strings before the reader builds the next chunk.
+            del chunk, tokens
+    return line_offset, vocabularies
+
+
+def _count_pass(staged: StagedRows, num_lines, split_fractions, seed, vocabularies, block_rows):
+    """Return the rows and clicks of each split and each field's training counts per token code."""
     rows = np.zeros(len(SPLIT_NAMES), dtype=np.int64)
     positives = np.zeros(len(SPLIT_NAMES), dtype=np.int64)
-    assigner = SplitAssigner(num_lines, split_fractions, seed)
-    with tqdm(total=num_lines, unit="rows", desc="prepare 1/2 count", disable=not progress) as bar:
-        for chunk, positions, consumed in iter_raw_chunks(paths, fmt, chunk_rows, policy):
-            split = assigner.take(consumed)[positions]
-            tokens = fmt.tokenize(chunk, policy)
-            for index in range(len(SPLIT_NAMES)):
-                in_split = tokens.valid & (split == index)
-                rows[index] += int(in_split.sum())
-                positives[index] += int(tokens.labels[in_split].sum())
-            train = tokens.valid & (split == 0)
-            for name in fmt.fields:
-                counts = pd.Series(tokens.tokens[name][train], dtype=object).value_counts(sort=False)
-                counter = counters[name]
-                for token, count in zip(counts.index.tolist(), counts.tolist()):
-                    counter[token] = counter.get(token, 0) + count
-            bar.update(consumed)
-    pass1_seconds = time.perf_counter() - pass1_started
+    train_counts = [np.zeros(len(v.codes), dtype=np.int64) for v in vocabularies]
+    for _, codes, labels, _, split in _split_labels(staged.iter_blocks(block_rows), num_lines, split_fractions, seed):
+        rows += np.bincount(split, minlength=len(SPLIT_NAMES))
+        positives += np.bincount(split, weights=labels, minlength=len(SPLIT_NAMES)).astype(np.int64)
+        train = codes[split == 0]
+        for column, counts in enumerate(train_counts):
+            counts += np.bincount(train[:, column], minlength=len(counts))
+    return rows, positives, train_counts
 
+
+def _build_fields(fmt: DataFormat, vocabularies, train_counts, min_count) -> tuple[list[FieldInfo], list[np.ndarray]]:
+    """Build every field's vocabulary and the lookup table from token code to global feature id."""
+    fields = []
+    lookups = []
+    offset = 0
+    for name, vocabulary, counts in zip(fmt.fields, vocabularies, train_counts):
+        tokens = vocabulary.tokens
+        seen = np.flatnonzero(counts)
+        counter = dict(zip([tokens[code] for code in seen], counts[seen].tolist()))
+        kind = "numeric" if name in fmt.numeric_fields else "categorical"
+        info = build_field_info(name, kind, offset, counter, min_count)
+        # Same rules as FieldInfo.encode: kept tokens get their id, a blank the missing id, the rest OOV.
+        lookup = np.full(len(tokens), info.oov_id, dtype=np.int64)
+        kept_codes = [vocabulary.codes[token] for token in info.tokens]
+        lookup[kept_codes] = info.offset + RESERVED_IDS + np.arange(len(kept_codes))
+        if MISSING_TOKEN in vocabulary.codes:
+            lookup[vocabulary.codes[MISSING_TOKEN]] = info.missing_id
+        fields.append(info)
+        lookups.append(lookup)
+        offset += info.vocab_size
+    return fields, lookups
+
+
+def _encode_pass(folder, staged, num_lines, split_fractions, seed, lookups, rows, key_fields, block_rows, progress):
+    """Map the staged token codes to global ids and write each split's ``.npy`` files."""
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for index, name in enumerate(SPLIT_NAMES):
+            count = int(rows[index])
+            writers[name] = {
+                "x": stack.enter_context(NpyWriter(folder / f"{name}_x.npy", np.int32, (count, len(lookups)))),
+                "y": stack.enter_context(NpyWriter(folder / f"{name}_y.npy", np.float32, (count,))),
+            }
+            if key_fields:
+                writers[name]["keys"] = stack.enter_context(
+                    NpyWriter(folder / f"{name}_keys.npy", np.uint64, (count, len(key_fields)))
+                )
+        blocks = _split_labels(staged.iter_blocks(block_rows), num_lines, split_fractions, seed)
+        with tqdm(total=staged.rows, unit="rows", desc="prepare 3/3 encode", disable=not progress) as bar:
+            for _, codes, labels, keys, split in blocks:
+                ids = np.empty(codes.shape, dtype=np.int32)
+                for column, lookup in enumerate(lookups):
+                    ids[:, column] = lookup[codes[:, column]]
+                for index, name in enumerate(SPLIT_NAMES):
+                    selected = np.flatnonzero(split == index)
+                    writers[name]["x"].append(ids[selected])
+                    writers[name]["y"].append(labels[selected])
+                    if key_fields:
+                        writers[name]["keys"].append(keys[selected])
+                bar.update(len(codes))
+
+
+def _prepare_into(folder, paths, fmt: DataFormat, min_count, split_fractions, seed, chunk_rows, on_bad_rows, key_fields, options, progress):
+    started = time.perf_counter()
+    policy = BadRowPolicy(on_bad_rows)
+    staged = StagedRows(folder / _STAGING_FOLDER, len(fmt.fields), len(key_fields))
+    num_lines, vocabularies = _parse_pass(paths, fmt, chunk_rows, policy, key_fields, staged, progress)
+    if num_lines == 0:
+        raise DataNotFoundError(f"the data files contain no data rows: {[str(p) for p in paths]}")
+    parse_seconds = time.perf_counter() - started
+    logger.info("Parsed %s: %d data lines in %d file(s) (%.1fs)", fmt.name, num_lines, len(paths), parse_seconds)
+
+    count_started = time.perf_counter()
+    rows, positives, train_counts = _count_pass(staged, num_lines, split_fractions, seed, vocabularies, chunk_rows)
     if rows[0] == 0:
         raise DataNotFoundError(f"no valid training rows in {[str(p) for p in paths]}; check the files and on_bad_rows")
-    fields = []
-    offset = 0
-    for name in fmt.fields:
-        kind = "numeric" if name in fmt.numeric_fields else "categorical"
-        info = build_field_info(name, kind, offset, counters[name], min_count)
-        fields.append(info)
-        offset += info.vocab_size
-    del counters
-    if offset >= np.iinfo(np.int32).max:
-        raise ConfigError(f"{offset} features do not fit int32 ids; raise min_count")
+    fields, lookups = _build_fields(fmt, vocabularies, train_counts, min_count)
+    distinct_tokens = {name: len(vocabulary.codes) for name, vocabulary in zip(fmt.fields, vocabularies)}
+    del vocabularies, train_counts
+    num_features = fields[-1].offset + fields[-1].vocab_size
+    if num_features >= np.iinfo(np.int32).max:
+        raise ConfigError(f"{num_features} features do not fit int32 ids; raise min_count")
     feature_map = FeatureMap(
         dataset=fmt.name,
         fields=fields,
@@ -211,54 +337,16 @@ def _prepare_into(folder, paths, fmt: DataFormat, min_count, split_fractions, se
         split_rows={name: int(rows[i]) for i, name in enumerate(SPLIT_NAMES)},
         source={"files": [str(p) for p in paths], **options},
     )
+    count_seconds = time.perf_counter() - count_started
     logger.info(
         "Vocabulary built: %d fields, %d features, rows train/valid/test = %d/%d/%d (%.1fs)",
-        feature_map.num_fields, feature_map.num_features, *rows, pass1_seconds,
+        feature_map.num_fields, feature_map.num_features, *rows, count_seconds,
     )
 
-    # Pass 2: encode every row into its split's memory-mapped arrays.
-    pass2_started = time.perf_counter()
-    arrays = {}
-    for index, name in enumerate(SPLIT_NAMES):
-        count = int(rows[index])
-        arrays[name] = {
-            "x": np.lib.format.open_memmap(folder / f"{name}_x.npy", mode="w+", dtype=np.int32, shape=(count, len(fields))),
-            "y": np.lib.format.open_memmap(folder / f"{name}_y.npy", mode="w+", dtype=np.float32, shape=(count,)),
-        }
-        if key_fields:
-            arrays[name]["keys"] = np.lib.format.open_memmap(
-                folder / f"{name}_keys.npy", mode="w+", dtype=np.uint64, shape=(count, len(key_fields))
-            )
-    written = np.zeros(len(SPLIT_NAMES), dtype=np.int64)
-    encode_policy = BadRowPolicy(on_bad_rows)
-    assigner = SplitAssigner(num_lines, split_fractions, seed)
-    with tqdm(total=num_lines, unit="rows", desc="prepare 2/2 encode", disable=not progress) as bar:
-        for chunk, positions, consumed in iter_raw_chunks(paths, fmt, chunk_rows, encode_policy):
-            split = assigner.take(consumed)[positions]
-            tokens = fmt.tokenize(chunk, encode_policy)
-            ids = np.empty((len(chunk), len(fields)), dtype=np.int32)
-            for column, info in enumerate(fields):
-                ids[:, column] = info.encode(tokens.tokens[info.name])
-            if key_fields:
-                keys = np.stack(
-                    [pd.util.hash_array(chunk.frame[key].to_numpy(dtype=object)) for key in key_fields], axis=1
-                )
-            for index, name in enumerate(SPLIT_NAMES):
-                selected = np.flatnonzero(tokens.valid & (split == index))
-                start, stop = written[index], written[index] + len(selected)
-                arrays[name]["x"][start:stop] = ids[selected]
-                arrays[name]["y"][start:stop] = tokens.labels[selected]
-                if key_fields:
-                    arrays[name]["keys"][start:stop] = keys[selected]
-                written[index] = stop
-            bar.update(consumed)
-    for split_arrays in arrays.values():
-        for array in split_arrays.values():
-            array.flush()
-    del arrays
-    pass2_seconds = time.perf_counter() - pass2_started
-    if not np.array_equal(written, rows):
-        raise RuntimeError(f"encoding pass wrote {written.tolist()} rows, counting pass found {rows.tolist()}")
+    encode_started = time.perf_counter()
+    _encode_pass(folder, staged, num_lines, split_fractions, seed, lookups, rows, key_fields, chunk_rows, progress)
+    shutil.rmtree(staged.folder)
+    encode_seconds = time.perf_counter() - encode_started
 
     feature_map.save(folder / FEATURE_MAP_FILE)
     total_seconds = time.perf_counter() - started
@@ -269,8 +357,15 @@ def _prepare_into(folder, paths, fmt: DataFormat, min_count, split_fractions, se
         "rows": {name: int(rows[i]) for i, name in enumerate(SPLIT_NAMES)},
         "positives": {name: int(positives[i]) for i, name in enumerate(SPLIT_NAMES)},
         "key_fields": list(key_fields),
+        # Distinct tokens of each field over all splits, blank included: the size of the token tables.
+        "distinct_tokens": distinct_tokens,
         "bad_rows": policy.report(),
-        "seconds": {"count_pass": round(pass1_seconds, 3), "encode_pass": round(pass2_seconds, 3), "total": round(total_seconds, 3)},
+        "seconds": {
+            "parse_pass": round(parse_seconds, 3),
+            "count_pass": round(count_seconds, 3),
+            "encode_pass": round(encode_seconds, 3),
+            "total": round(total_seconds, 3),
+        },
         "rows_per_second": round(num_lines / total_seconds, 1),
         "options": options,
     }

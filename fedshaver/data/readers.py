@@ -7,10 +7,7 @@ exact line number instead of shifting columns.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
-import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +19,9 @@ from fedshaver.data.formats import BadRowPolicy, DataFormat, RawChunk
 from fedshaver.errors import DataNotFoundError, MalformedRowError
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _COUNT_BLOCK_BYTES = 1 << 24
+_READ_BLOCK_BYTES = 1 << 22
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -52,6 +51,7 @@ def _has_header(path: Path, data_format: DataFormat) -> bool:
     if not data_format.header:
         return False
     with open_binary(path) as handle:
+        _skip_byte_order_mark(handle)
         first = handle.readline().rstrip(b"\r\n")
     if first == _header_bytes(data_format):
         return True
@@ -87,10 +87,14 @@ def iter_raw_chunks(
 ) -> Iterator[tuple[RawChunk, np.ndarray, int]]:
     """Yield ``(chunk, positions, num_lines)`` over the data lines of ``paths`` read as one stream.
 
-    Each step covers the next ``num_lines`` data lines. ``positions`` holds the index, within those
+    Each step covers the next ``num_lines`` data lines. ``positions`` contains the index, within those
     lines, of each row of ``chunk``; lines with a wrong field count are missing from ``chunk`` when
     ``policy`` skips them. Callers that label every data line (the train/valid/test assignment) stay
     aligned with the stream by consuming ``num_lines`` labels per step.
+
+    Lines end at ``\\n``; trailing ``\\r`` and ``\\n`` characters are removed, and a UTF-8 byte order mark
+    at the start of a file is ignored. Values are decoded as latin-1 and kept verbatim: there is no
+    quoting, so a quote character is part of its value.
 
     Raises
     ------
@@ -101,15 +105,12 @@ def iter_raw_chunks(
     expected = len(data_format.columns)
     for path in paths:
         header = _has_header(path, data_format)
-        first_line = 2 if header else 1
+        line_number = 2 if header else 1
         with open_binary(path) as handle:
+            _skip_byte_order_mark(handle)
             if header:
                 handle.readline()
-            line_number = first_line
-            while True:
-                raw_lines = list(itertools.islice(handle, chunk_rows))
-                if not raw_lines:
-                    break
+            for raw_lines in _iter_line_blocks(handle, chunk_rows):
                 lines = [line.rstrip(b"\r\n") for line in raw_lines]
                 field_counts = np.fromiter((line.count(delimiter) + 1 for line in lines), dtype=np.int64, count=len(lines))
                 good = field_counts == expected
@@ -124,31 +125,54 @@ def iter_raw_chunks(
                         )
                     )
                 good_positions = np.flatnonzero(good)
-                if len(good_positions) == len(lines):
-                    text = b"\n".join(lines)
-                else:
-                    text = b"\n".join(lines[i] for i in good_positions)
-                frame = _parse_lines(text, data_format, len(good_positions))
+                if len(good_positions) < len(lines):
+                    lines = [lines[i] for i in good_positions]
+                frame = _split_fields(lines, data_format)
                 chunk = RawChunk(path=path, frame=frame, lines=line_number + good_positions)
-                yield chunk, good_positions, len(lines)
-                line_number += len(lines)
+                yield chunk, good_positions, len(raw_lines)
+                line_number += len(raw_lines)
+                # Drop this chunk before the next one is built, so at most one chunk is alive here.
+                del chunk, frame, lines
 
 
-def _parse_lines(text: bytes, data_format: DataFormat, num_rows: int) -> pd.DataFrame:
-    if num_rows == 0:
-        return pd.DataFrame({name: pd.Series([], dtype=object) for name in data_format.columns})
-    frame = pd.read_csv(
-        io.BytesIO(text + b"\n"),
-        sep=data_format.delimiter,
-        header=None,
-        names=list(data_format.columns),
-        dtype=str,
-        na_filter=False,
-        quoting=csv.QUOTE_NONE,
-        skip_blank_lines=False,
-        encoding="latin-1",
-        engine="c",
-    )
-    if len(frame) != num_rows:
-        raise AssertionError(f"parser returned {len(frame)} rows for {num_rows} checked lines")
-    return frame
+def _skip_byte_order_mark(handle: BinaryIO) -> None:
+    """Move past a UTF-8 byte order mark at the current (first) position of ``handle``, if there is one."""
+    if handle.peek(len(_UTF8_BOM))[: len(_UTF8_BOM)] == _UTF8_BOM:
+        handle.read(len(_UTF8_BOM))
+
+
+def _iter_line_blocks(handle: BinaryIO, chunk_rows: int) -> Iterator[list[bytes]]:
+    """Yield the lines of ``handle`` (without their ``\\n``) in lists of ``chunk_rows``, the last one shorter.
+
+    The file is read in blocks of :data:`_READ_BLOCK_BYTES`, because reading line by line costs a Python
+    call per line (several for gzip files). A final line without ``\\n`` is kept. Memory stays at one
+    block plus one list of lines.
+    """
+    pending: list[bytes] = []
+    partial = b""
+    while block := handle.read(_READ_BLOCK_BYTES):
+        pieces = (partial + block).split(b"\n")
+        partial = pieces.pop()
+        pending.extend(pieces)
+        if len(pending) >= chunk_rows:
+            full = len(pending) - len(pending) % chunk_rows
+            for start in range(0, full, chunk_rows):
+                yield pending[start : start + chunk_rows]
+            pending = pending[full:]
+    if partial:
+        pending.append(partial)
+    for start in range(0, len(pending), chunk_rows):
+        yield pending[start : start + chunk_rows]
+
+
+def _split_fields(lines: list[bytes], data_format: DataFormat) -> pd.DataFrame:
+    """Split lines that all have the format's field count into a frame of ``str`` columns (dtype object)."""
+    columns = list(data_format.columns)
+    if not lines:
+        return pd.DataFrame({name: pd.Series([], dtype=object) for name in columns})
+    # Every line has exactly len(columns) fields and no newline, so joining the lines with the
+    # delimiter and splitting once gives the fields row by row.
+    delimiter = data_format.delimiter
+    values = delimiter.encode("latin-1").join(lines).decode("latin-1").split(delimiter)
+    table = np.array(values, dtype=object).reshape(len(lines), len(columns))
+    return pd.DataFrame(table, columns=columns, dtype=object, copy=False)
