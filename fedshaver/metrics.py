@@ -59,6 +59,9 @@ def evaluate_logits(labels: np.ndarray, logits: np.ndarray) -> Metrics:
     logits = np.asarray(logits).reshape(-1)
     if labels.shape != logits.shape:
         raise ValueError(f"labels and logits differ in length: {labels.shape[0]} and {logits.shape[0]}")
+    non_finite = int((~np.isfinite(logits.astype(np.float64))).sum())
+    if non_finite:
+        raise ValueError(f"{non_finite} of {logits.shape[0]} logits are NaN or infinite; the model has diverged or its inputs are invalid")
     examples = int(labels.shape[0])
     positives = int(labels.sum())
     if examples == 0:

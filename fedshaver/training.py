@@ -68,6 +68,8 @@ class FitResult:
         Whether training stopped before ``epochs`` because validation AUC stopped improving.
     train_examples : int
         Rows seen per epoch.
+    best_valid : Metrics or None
+        Validation metrics of the kept epoch; None without validation data.
     """
 
     history: pd.DataFrame
@@ -227,4 +229,12 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"cannot load checkpoint {path} with weights_only=True: {error}") from error
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not a fedshaver checkpoint (no 'state_dict' key)")
-    return payload["state_dict"], dict(payload.get("metadata", {}))
+    state_dict = payload["state_dict"]
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state_dict.items()
+    ):
+        raise CheckpointError(f"{path} is not a fedshaver checkpoint: 'state_dict' must map parameter names to tensors")
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path} is not a fedshaver checkpoint: 'metadata' is a {type(metadata).__name__}, not a dict")
+    return state_dict, dict(metadata)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -67,12 +68,23 @@ def test_override_string_rejects_missing_value():
 
 
 def _stop_local_superlink(flwr_home: Path) -> None:
-    """Stop the SuperLink that `flwr run` started for this test (its log file lies under flwr_home)."""
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    """Stop the SuperLink that `flwr run` started for this test (its log file lies under flwr_home).
+
+    It gets SIGTERM and, if it is still alive 10 seconds later, SIGKILL.
+    """
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    pids = []
     for line in listing.splitlines()[1:]:
         pid, _, args = line.strip().partition(" ")
         if "flower-superlink" in args and str(flwr_home) in args:
+            pids.append(int(pid))
             os.kill(int(pid), signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.2)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_flwr_run_starts_the_app(cache_dir, tmp_path):

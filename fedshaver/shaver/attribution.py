@@ -150,23 +150,31 @@ class _RunningMoments:
         values = contributions.to(torch.float64).flatten()
         self.sums.index_add_(0, parameters, values)
         self.squares.index_add_(0, parameters, values * values)
-        self.counts += torch.bincount(x.flatten(), minlength=self.counts.shape[0])
+        # index_add_ touches only the batch's ids; a bincount would allocate a full-size array per batch.
+        ids = x.flatten()
+        self.counts.index_add_(0, ids, torch.ones_like(ids))
         self.samples += x.shape[0]
 
     def mean(self) -> torch.Tensor:
         return self.sums / max(self.samples, 1)
 
-    def std_error(self) -> torch.Tensor:
+    def variance_of_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        """Return the squared standard error of each mean (sample variance over ``samples``)."""
+        variance = (self.squares - self.samples * mean * mean).clamp_min(0.0) / (self.samples - 1)
+        return variance / self.samples
+
+    def std_error(self, mean: torch.Tensor) -> torch.Tensor:
         if self.samples < 2:
             return torch.where(self.counts.repeat_interleave(self.embed_dim) > 0, math.inf, 0.0).to(torch.float64)
-        mean = self.mean()
-        variance = (self.squares - self.samples * mean * mean).clamp_min(0.0) / (self.samples - 1)
-        return torch.sqrt(variance / self.samples)
+        return torch.sqrt(self.variance_of_mean(mean))
 
-    def convergence_ratio(self) -> float:
-        mean = self.mean()
+    def convergence_ratio(self, mean: torch.Tensor) -> float:
         spread = float(mean.max() - mean.min())
-        largest = float(self.std_error().max())
+        if self.samples < 2:
+            largest = math.inf if bool((self.counts > 0).any()) else 0.0
+        else:
+            # The square root is monotonic, so one root of the largest variance gives the largest error.
+            largest = math.sqrt(float(self.variance_of_mean(mean).max()))
         if spread <= 0.0:
             return 0.0 if largest == 0.0 else math.inf
         return largest / spread
@@ -257,7 +265,7 @@ def estimate_shapley(
 
                     if threshold is not None and moments.samples >= next_check:
                         next_check += check_every
-                        ratio = moments.convergence_ratio()
+                        ratio = moments.convergence_ratio(moments.mean())
                         bar.set_postfix(ratio=f"{ratio:.4f}", target=threshold)
                         if ratio < threshold:
                             stop_reason = "threshold"
@@ -269,11 +277,12 @@ def estimate_shapley(
         model.train(was_training)
 
     seconds = time.perf_counter() - started
-    ratio = moments.convergence_ratio()
+    mean = moments.mean()
+    ratio = moments.convergence_ratio(mean)
     shape = (model.num_features, embed_dim)
     attribution = Attribution(
-        values=moments.mean().view(shape).numpy(),
-        std_errors=moments.std_error().view(shape).numpy(),
+        values=mean.view(shape).numpy(),
+        std_errors=moments.std_error(mean).view(shape).numpy(),
         samples=moments.samples,
         feature_counts=moments.counts.numpy(),
         convergence_ratio=ratio,

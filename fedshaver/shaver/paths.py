@@ -96,7 +96,9 @@ def deepfm_path_logits(
     # plain forward pass of the unchanged embeddings.
     first = model.dnn.hidden[0]
     start = first(flat)
-    updates = first.weight.t().index_select(0, order.reshape(-1)).view(batch, num_players, -1)
+    # A contiguous (num_players, hidden) copy makes the row gather read whole rows, not strided columns.
+    weight_rows = first.weight.t().contiguous()
+    updates = weight_rows.index_select(0, order.reshape(-1)).view(batch, num_players, -1)
     updates.mul_(deltas.unsqueeze(-1))
     updates[:, 0] += start
     updates.cumsum_(dim=1)
