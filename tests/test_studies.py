@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import sys
 
@@ -17,8 +16,11 @@ from tests.conftest import CONFIGS, ROOT
 METHODS = {"shaver_codebook", "shaver_zero", "magnitude", "taylor", "random"}
 
 
-def run_script(name: str, run_dir, cache_dir, *settings: str) -> None:
-    """Run simulations/<name>.py as ``python`` would, in this process, with the tiny study config."""
+def run_script(name: str, run_dir, cache_dir, *settings: str) -> int:
+    """Run simulations/<name>.py as ``python`` would, in this process, with the tiny study config.
+
+    Returns the exit status.
+    """
     argv = [str(ROOT / "simulations" / f"{name}.py"), "--config", str(CONFIGS / "criteo.yaml"),
             "--experiment", "criteo_tiny_study", "--no-progress", "--run-dir", str(run_dir),
             "--set", f"data.cache_dir={cache_dir}"]  # fmt: skip
@@ -31,7 +33,7 @@ def run_script(name: str, run_dir, cache_dir, *settings: str) -> None:
             runpy.run_path(argv[0], run_name="__main__")
     finally:
         sys.argv = saved
-    assert finished.value.code == 0
+    return finished.value.code
 
 
 def execute_notebook(name: str, run_dir, monkeypatch) -> list[dict]:
@@ -58,7 +60,7 @@ def check_summary(run_dir, study: str) -> dict:
 
 
 def test_budget_sweep_centralized(tmp_path, cache_dir, monkeypatch, capsys):
-    run_script("budget_sweep", tmp_path, cache_dir, "study.modes=[centralized]")
+    assert run_script("budget_sweep", tmp_path, cache_dir, "study.modes=[centralized]") == 0
     sweep = pd.read_csv(tmp_path / "sweep.csv")
     assert "deepfm" in capsys.readouterr().out
     assert set(sweep["backbone"]) == {"deepfm", "dcn_mix"}
@@ -81,7 +83,7 @@ def test_budget_sweep_centralized(tmp_path, cache_dir, monkeypatch, capsys):
 
 
 def test_budget_sweep_federated(tmp_path, cache_dir):
-    run_script("budget_sweep", tmp_path, cache_dir, "study.modes=[federated]", "study.backbones=[deepfm]")
+    assert run_script("budget_sweep", tmp_path, cache_dir, "study.modes=[federated]", "study.backbones=[deepfm]") == 0
     sweep = pd.read_csv(tmp_path / "sweep.csv")
     assert set(sweep["mode"]) == {"federated"}
     assert len(sweep) == 12
@@ -91,7 +93,7 @@ def test_budget_sweep_federated(tmp_path, cache_dir):
 
 
 def test_finetune_reports_before_and_after(tmp_path, cache_dir, monkeypatch):
-    run_script("finetune_on_device", tmp_path, cache_dir)
+    assert run_script("finetune_on_device", tmp_path, cache_dir) == 0
     devices = pd.read_csv(tmp_path / "devices.csv")
     tiers = pd.read_csv(tmp_path / "tiers.csv")
     assert len(devices) == 4
@@ -105,7 +107,7 @@ def test_finetune_reports_before_and_after(tmp_path, cache_dir, monkeypatch):
 
 
 def test_data_fraction_records_time(tmp_path, cache_dir, monkeypatch):
-    run_script("data_fraction", tmp_path, cache_dir, "shaver.max_samples=null")
+    assert run_script("data_fraction", tmp_path, cache_dir, "shaver.max_samples=null") == 0
     table = pd.read_csv(tmp_path / "data_fraction.csv")
     assert table["fraction"].tolist() == [0.1, 1.0]
     # 10% and 100% of the 1,000 validation rows.
@@ -117,7 +119,7 @@ def test_data_fraction_records_time(tmp_path, cache_dir, monkeypatch):
 
 
 def test_frequency_bins_split_features(tmp_path, cache_dir, monkeypatch):
-    run_script("frequency_analysis", tmp_path, cache_dir)
+    assert run_script("frequency_analysis", tmp_path, cache_dir) == 0
     table = pd.read_csv(tmp_path / "frequency.csv")
     assert table["method"].tolist() == ["shaver_zero"] * 3 + ["shaver_codebook"] * 3
     assert table["bin"].tolist() == ["low", "mid", "high"] * 2
@@ -132,14 +134,6 @@ def test_frequency_bins_split_features(tmp_path, cache_dir, monkeypatch):
 
 
 def test_scripts_reject_bad_settings(tmp_path, cache_dir):
-    argv = [str(ROOT / "simulations" / "data_fraction.py"), "--config", str(CONFIGS / "criteo.yaml"),
-            "--experiment", "criteo_tiny_study", "--set", "study.data_fractions=[0.0]"]  # fmt: skip
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        with pytest.raises(SystemExit) as finished:
-            runpy.run_path(argv[0], run_name="__main__")
-    finally:
-        sys.argv = saved
-    assert finished.value.code == 2
-    assert not os.listdir(tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_script("data_fraction", run_dir, cache_dir, "study.data_fractions=[0.0]") == 2
+    assert not run_dir.exists()

@@ -34,9 +34,9 @@ from fedshaver.federated.strategy import OrderedFedAvg, short_error
 from fedshaver.metrics import pool_predictions
 from fedshaver.models import CTRModel
 from fedshaver.results import attribution_file, new_run_dir, write_config, write_csv, write_json
-from fedshaver.shaver.attribution import Attribution, estimate_shapley
-from fedshaver.shaver.placeholders import make_placeholder
-from fedshaver.shaver.pruning import EmbeddingVariant, Ranking, kept_for_bytes
+from fedshaver.shaver.attribution import Attribution
+from fedshaver.shaver.methods import attribute, build_ranking
+from fedshaver.shaver.pruning import EmbeddingVariant, kept_for_bytes
 from fedshaver.training import evaluate_model
 
 logger = logging.getLogger(__name__)
@@ -274,23 +274,17 @@ class FederatedJob:
         started = time.perf_counter()
         fm = self.dataset.feature_map
         name = self.config.shaver.placeholder
-        table = self.model.embedding_table().detach()
-        placeholder = make_placeholder(name, table, fm.feature_field, self.feature_counts)
-        options = attribution_options(self.config, self.progress)
-        self.attribution = estimate_shapley(
+        self.attribution = attribute(
             self.model,
+            fm,
             attribution_data(self.config, self.dataset.valid),
-            placeholder,
-            batch_size=options.batch_size,
-            max_samples=options.max_samples,
-            threshold=options.threshold,
-            passes=options.passes,
-            seed=options.seed,
-            progress=self.progress,
+            name,
+            attribution_options(self.config, self.progress),
+            frequencies=self.feature_counts,
         )
         self.attribution.save(self.run_dir / attribution_file(name))
         method = "shaver_codebook" if name == "codebook" else "shaver_zero"
-        self.ranking = Ranking(method, self.attribution.values, table, placeholder.values, fm.offsets, codebook=name == "codebook")
+        self.ranking = build_ranking(method, self.model, fm, attribution=self.attribution)
         self.variants: dict[str, EmbeddingVariant] = {tier.name: self.ranking.variant(tier.budget) for tier in self.profile.tiers}
         for tier, variant in self.variants.items():
             logger.info("Tier %s: %s -> %d bytes (%s), sparsity %.4f", tier, variant.label, variant.nbytes, variant.layout, variant.sparsity)
