@@ -30,12 +30,13 @@ from fedshaver.results import (
     MODEL_FILE,
     SWEEP_FILE,
     attribution_file,
-    new_run_dir,
+    staged_folder,
+    unique_run_path,
     write_config,
     write_csv,
     write_json,
 )
-from fedshaver.shaver.attribution import Attribution
+from fedshaver.shaver.attribution import Attribution, table_digest
 from fedshaver.shaver.methods import SHAVER_PLACEHOLDERS, AttributionOptions, attribute as attribute_model, build_ranking
 from fedshaver.shaver.pruning import Budget
 from fedshaver.sweep import evaluate_variants
@@ -165,32 +166,47 @@ def train(config: ExperimentConfig, run_dir: Path | str | None = None, progress:
     """Train the configured backbone centrally with early stopping and evaluate it on valid and test.
 
     Writes ``config.yaml``, ``feature_map.json``, ``model.pt``, ``history.csv`` and ``metrics.json``
-    into ``run_dir`` (a new folder under ``output.run_dir`` by default).
+    into ``run_dir`` (a new folder under ``output.run_dir`` by default). The folder appears only when
+    training succeeds. Retraining into an existing folder removes its attribution files and
+    ``sweep.csv``, which belong to the previous model.
     """
     configure_torch(config)
     dataset = prepare(config, progress=progress)
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(resolve_paths(config)["run_dir"], config.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir, {"prepared_dataset": str(dataset.path)})
-    dataset.feature_map.save(run_dir / "feature_map.json")
-
+    final = Path(run_dir) if run_dir is not None else unique_run_path(resolve_paths(config)["run_dir"], config.name)
     fm = dataset.feature_map
-    model = new_model(config, fm.num_features, fm.num_fields)
-    logger.info(
-        "Training %s on %d rows (%d features, %d fields)", config.model.name, len(dataset.train), fm.num_features, fm.num_fields
-    )
-    fit = Trainer(model, train_options(config)).fit(dataset.train, dataset.valid, progress=progress)
-    save_checkpoint(model, run_dir / MODEL_FILE, _checkpoint_metadata(config, fm.num_features, fm.num_fields))
+    with staged_folder(final) as folder:
+        write_config(config, folder.path, {"prepared_dataset": str(dataset.path)})
+        fm.save(folder.path / "feature_map.json")
+        model = new_model(config, fm.num_features, fm.num_fields)
+        logger.info(
+            "Training %s on %d rows (%d features, %d fields)", config.model.name, len(dataset.train), fm.num_features, fm.num_fields
+        )
+        fit = Trainer(model, train_options(config)).fit(dataset.train, dataset.valid, progress=progress)
+        save_checkpoint(model, folder.path / MODEL_FILE, checkpoint_metadata(config, fm.num_features, fm.num_fields))
 
-    metrics = metrics_table({"valid": evaluate_model(model, dataset.valid), "test": evaluate_model(model, dataset.test)})
-    write_csv(fit.history, run_dir / HISTORY_FILE)
-    write_json({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early, "splits": metrics.to_dict("records")}, run_dir / METRICS_FILE)
+        metrics = metrics_table({"valid": evaluate_model(model, dataset.valid), "test": evaluate_model(model, dataset.test)})
+        write_csv(fit.history, folder.path / HISTORY_FILE)
+        summary = {"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early, "splits": metrics.to_dict("records")}
+        write_json(summary, folder.path / METRICS_FILE)
+        remove_results_of_previous_model(final)
     test = metrics.set_index("split").loc["test"]
     logger.info("Test AUC %.5f, LogLoss %.5f (best epoch %d)", test["auc"], test["logloss"], fit.best_epoch)
-    return TrainRun(run_dir, config, model, dataset, fit, metrics)
+    return TrainRun(final, config, model, dataset, fit, metrics)
 
 
-def _checkpoint_metadata(config: ExperimentConfig, num_features: int, num_fields: int) -> dict:
+def remove_results_of_previous_model(run_dir: Path) -> None:
+    """Delete attribution files and the sweep table that a previous model left in ``run_dir``."""
+    if not run_dir.is_dir():
+        return
+    stale = [*run_dir.glob("attribution_*.npz"), run_dir / SWEEP_FILE]
+    for path in stale:
+        if path.is_file():
+            logger.info("Removing %s, computed for the previous model in this folder", path)
+            path.unlink()
+
+
+def checkpoint_metadata(config: ExperimentConfig, num_features: int, num_fields: int) -> dict:
+    """Return the plain-data metadata stored next to the weights in ``model.pt``."""
     return {"model": dataclasses.asdict(config.model), "num_features": num_features, "num_fields": num_fields}
 
 
@@ -263,8 +279,32 @@ def budgets_of(config: ExperimentConfig) -> list[Budget]:
     return [Budget(sparsity=t) for t in config.prune.sparsity_rates] + [Budget(bytes=b) for b in config.prune.byte_budgets]
 
 
+def stored_attribution(run: TrainRun, placeholder: str) -> Attribution | None:
+    """Return the run folder's attribution file for ``placeholder`` if it belongs to ``run.model``.
+
+    A file computed for another model (another embedding table) is ignored with a warning, so it is
+    estimated again instead of silently ranking the wrong parameters.
+    """
+    path = run.run_dir / attribution_file(placeholder)
+    if not path.is_file():
+        return None
+    try:
+        attribution = Attribution.load(path)
+    except CheckpointError as error:
+        logger.warning("Ignoring %s: %s", path, error)
+        return None
+    expected = table_digest(run.model.embedding_table())
+    if attribution.table_digest != expected:
+        logger.warning(
+            "Ignoring %s: it was computed for another embedding table (digest %s, this model %s); estimating again",
+            path, attribution.table_digest or "missing", expected,
+        )
+        return None
+    return attribution
+
+
 def rankings_for(run: TrainRun, methods: list[str], progress: bool = True) -> dict:
-    """Build the ranking of each method (except ``ptq``), reusing attribution files of the run folder."""
+    """Build the ranking of each method (except ``ptq``), reusing the run folder's matching attribution files."""
     data = attribution_data(run.config, run.dataset.valid)
     rankings = {}
     for method in methods:
@@ -272,11 +312,8 @@ def rankings_for(run: TrainRun, methods: list[str], progress: bool = True) -> di
             continue
         attribution = None
         if method in SHAVER_PLACEHOLDERS:
-            path = run.run_dir / attribution_file(SHAVER_PLACEHOLDERS[method])
-            if path.is_file():
-                attribution = Attribution.load(path)
-            else:
-                attribution = attribute(run, SHAVER_PLACEHOLDERS[method], progress=progress)
+            placeholder = SHAVER_PLACEHOLDERS[method]
+            attribution = stored_attribution(run, placeholder) or attribute(run, placeholder, progress=progress)
         rankings[method] = build_ranking(
             method, run.model, run.dataset.feature_map, data, attribution, attribution_options(run.config, progress), seed=run.config.seed
         )
@@ -295,5 +332,7 @@ def prune_sweep(run: TrainRun, split: str = "test", progress: bool = True) -> pd
     rankings = rankings_for(run, prune.methods, progress=progress)
     ptq_bits = prune.ptq_bits if "ptq" in prune.methods else []
     table = evaluate_variants(run.model, run.dataset.splits[split], rankings, budgets_of(run.config), ptq_bits, progress)
+    if (run.run_dir / SWEEP_FILE).is_file():
+        logger.info("Replacing %s with the new sweep", run.run_dir / SWEEP_FILE)
     write_csv(table, run.run_dir / SWEEP_FILE)
     return table

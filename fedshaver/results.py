@@ -2,15 +2,19 @@
 
 Every command writes into one run folder: the resolved config, the feature map, tables as CSV (and JSON
 where a nested summary reads better), checkpoints, attribution files and plots. Files are written to a
-temporary name and renamed into place, so a crash never leaves a half-written file behind.
+temporary name and renamed into place, and whole runs are staged in a hidden sibling folder that is
+moved into place only when the run succeeds, so a failure does not leave a half-written run behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -30,20 +34,67 @@ def attribution_file(placeholder: str) -> str:
     return f"attribution_{placeholder}.npz"
 
 
-def new_run_dir(base: Path | str, name: str) -> Path:
-    """Create and return ``<base>/<name>-<timestamp>``, adding a counter if that folder exists."""
+def unique_run_path(base: Path | str, name: str) -> Path:
+    """Return ``<base>/<name>-<timestamp>`` (with a counter if taken); the folder is not created."""
     base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for counter in range(1000):
         suffix = f"-{counter}" if counter else ""
         path = base / f"{name}-{stamp}{suffix}"
-        try:
-            path.mkdir()
+        if not path.exists():
             return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a new run folder under {base}")
+    raise FileExistsError(f"could not find a free run folder name under {base}")
+
+
+class StagedFolder:
+    """A run folder written in a hidden sibling and moved into place only when the run succeeds.
+
+    A run that fails leaves nothing behind: :meth:`discard` removes the sibling. When the final folder
+    already exists (a ``--run-dir`` given by the user), :meth:`commit` moves the new entries into it,
+    replacing entries of the same name.
+
+    Parameters
+    ----------
+    final : path
+        Where the folder ends up.
+    """
+
+    def __init__(self, final: Path | str):
+        self.final = Path(final)
+        self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+
+    def commit(self) -> Path:
+        """Move the staged entries to the final folder and return it."""
+        if self.final.is_dir() and any(self.final.iterdir()):
+            for entry in self.path.iterdir():
+                target = self.final / entry.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+            self.path.rmdir()
+        else:
+            if self.final.is_dir():
+                self.final.rmdir()
+            os.replace(self.path, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        """Remove the staged entries."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path | str) -> Iterator[StagedFolder]:
+    """Yield a :class:`StagedFolder`; commit it when the block succeeds, discard it when it raises."""
+    folder = StagedFolder(final)
+    try:
+        yield folder
+    except BaseException:
+        folder.discard()
+        raise
+    folder.commit()
 
 
 def _replace_atomically(path: Path, write) -> None:

@@ -35,7 +35,7 @@ from fedshaver.api import (
     train,
 )
 from fedshaver.config import ExperimentConfig, resolve_paths
-from fedshaver.results import new_run_dir, write_config, write_csv, write_json
+from fedshaver.results import StagedFolder, staged_folder, unique_run_path, write_config, write_csv, write_json
 from fedshaver.shaver.methods import SHAVER_PLACEHOLDERS, attribute, build_ranking
 from fedshaver.shaver.pruning import Budget
 from fedshaver.sweep import evaluate_variants
@@ -84,15 +84,14 @@ class _Timer:
         return _Phase()
 
 
-def _study_dir(config: ExperimentConfig, study: str, run_dir: Path | str | None) -> Path:
-    if run_dir is not None:
-        path = Path(run_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return new_run_dir(resolve_paths(config)["run_dir"], f"{study}-{config.name}")
+def _study_folder(config: ExperimentConfig, study: str, run_dir: Path | str | None):
+    """Return the staged run folder of a study: it appears only if the study succeeds."""
+    final = Path(run_dir) if run_dir is not None else unique_run_path(resolve_paths(config)["run_dir"], f"{study}-{config.name}")
+    return staged_folder(final)
 
 
-def _finish(study: str, config: ExperimentConfig, run_dir: Path, tables: dict, timer: _Timer) -> StudyResult:
+def _finish(study: str, config: ExperimentConfig, folder: StagedFolder, tables: dict, timer: _Timer) -> StudyResult:
+    run_dir = folder.path
     for name, table in tables.items():
         write_csv(table, run_dir / f"{name}.csv")
     write_config(config, run_dir, {"study": study})
@@ -100,7 +99,7 @@ def _finish(study: str, config: ExperimentConfig, run_dir: Path, tables: dict, t
         {"study": study, "experiment": config.name, "seed": config.seed, "fedshaver_version": __version__, "timings_seconds": timer.seconds},
         run_dir / "summary.json",
     )
-    return StudyResult(run_dir, tables, dict(timer.seconds))
+    return StudyResult(folder.final, tables, dict(timer.seconds))
 
 
 def _with_backbone(config: ExperimentConfig, backbone: str) -> ExperimentConfig:
@@ -126,35 +125,36 @@ def budget_sweep(config: ExperimentConfig, run_dir: Path | str | None = None, pr
     StudyResult
         Table ``sweep``: :data:`fedshaver.sweep.SWEEP_COLUMNS` plus ``backbone`` and ``mode``.
     """
-    run_dir = _study_dir(config, "budget_sweep", run_dir)
-    timer = _Timer()
-    tables = []
-    for backbone in config.study.backbones:
-        backbone_config = _with_backbone(config, backbone)
-        for mode in config.study.modes:
-            label = f"{backbone}/{mode}"
-            folder = run_dir / f"{backbone}-{mode}"
-            with timer.phase(f"{label}/train"):
-                if mode == "centralized":
-                    run = train(backbone_config, run_dir=folder, progress=progress)
-                else:
-                    run = _federated_model(backbone_config, folder, progress)
-            rankings = {}
-            for method in config.prune.methods:
-                if method == "ptq":
-                    continue
-                with timer.phase(f"{label}/rank/{method}"):
-                    rankings.update(rankings_for(run, [method], progress=progress))
-            with timer.phase(f"{label}/evaluate"):
-                ptq_bits = config.prune.ptq_bits if "ptq" in config.prune.methods else []
-                table = evaluate_variants(run.model, run.dataset.test, rankings, budgets_of(config), ptq_bits, progress)
-            table.insert(0, "backbone", backbone)
-            table.insert(1, "mode", mode)
-            tables.append(table)
-    sweep = pd.concat(tables, ignore_index=True)
-    plots.plot_sweep(sweep, "auc", run_dir / "sweep_auc.png")
-    plots.plot_sweep(sweep, "logloss", run_dir / "sweep_logloss.png")
-    return _finish("budget_sweep", config, run_dir, {"sweep": sweep}, timer)
+    with _study_folder(config, "budget_sweep", run_dir) as folder:
+        run_dir = folder.path
+        timer = _Timer()
+        tables = []
+        for backbone in config.study.backbones:
+            backbone_config = _with_backbone(config, backbone)
+            for mode in config.study.modes:
+                label = f"{backbone}/{mode}"
+                subfolder = run_dir / f"{backbone}-{mode}"
+                with timer.phase(f"{label}/train"):
+                    if mode == "centralized":
+                        run = train(backbone_config, run_dir=subfolder, progress=progress)
+                    else:
+                        run = _federated_model(backbone_config, subfolder, progress)
+                rankings = {}
+                for method in config.prune.methods:
+                    if method == "ptq":
+                        continue
+                    with timer.phase(f"{label}/rank/{method}"):
+                        rankings.update(rankings_for(run, [method], progress=progress))
+                with timer.phase(f"{label}/evaluate"):
+                    ptq_bits = config.prune.ptq_bits if "ptq" in config.prune.methods else []
+                    table = evaluate_variants(run.model, run.dataset.test, rankings, budgets_of(config), ptq_bits, progress)
+                table.insert(0, "backbone", backbone)
+                table.insert(1, "mode", mode)
+                tables.append(table)
+        sweep = pd.concat(tables, ignore_index=True)
+        plots.plot_sweep(sweep, "auc", run_dir / "sweep_auc.png")
+        plots.plot_sweep(sweep, "logloss", run_dir / "sweep_logloss.png")
+        return _finish("budget_sweep", config, folder, {"sweep": sweep}, timer)
 
 
 def finetune_study(config: ExperimentConfig, run_dir: Path | str | None = None, progress: bool = True) -> StudyResult:
@@ -172,20 +172,21 @@ def finetune_study(config: ExperimentConfig, run_dir: Path | str | None = None, 
 
     epochs = max(config.federation.finetune_epochs, 1)
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, finetune_epochs=epochs))
-    run_dir = _study_dir(config, "finetune", run_dir)
-    timer = _Timer()
-    with timer.phase("federated run with fine-tuning"):
-        result = run_federated(config, run_dir=run_dir / "federated", progress=progress)
-    columns = ["device", "tier", "budget", "bytes", "sparsity", "examples", "ref_auc", "auc", "tuned_auc", "logloss", "tuned_logloss", "status"]
-    devices = result.devices[[c for c in columns if c in result.devices.columns]].copy()
-    devices["auc_gain"] = devices["tuned_auc"] - devices["auc"]
-    tiers = result.tiers[["tier", "budget", "devices", "failed", "bytes", "sparsity", "ref_pooled_auc", "pooled_auc",
-                          "tuned_pooled_auc", "pooled_logloss", "tuned_pooled_logloss"]].copy()  # fmt: skip
-    tiers["auc_gain"] = tiers["tuned_pooled_auc"] - tiers["pooled_auc"]
-    plots.plot_finetune(tiers, run_dir / "finetune_tiers.png")
-    for phase, seconds in result.timings.items():
-        timer.seconds[f"federated/{phase}"] = round(seconds, 3)
-    return _finish("finetune", config, run_dir, {"devices": devices, "tiers": tiers}, timer)
+    with _study_folder(config, "finetune", run_dir) as folder:
+        run_dir = folder.path
+        timer = _Timer()
+        with timer.phase("federated run with fine-tuning"):
+            result = run_federated(config, run_dir=run_dir / "federated", progress=progress)
+        columns = ["device", "tier", "budget", "bytes", "sparsity", "examples", "ref_auc", "auc", "tuned_auc", "logloss", "tuned_logloss", "status"]
+        devices = result.devices[[c for c in columns if c in result.devices.columns]].copy()
+        devices["auc_gain"] = devices["tuned_auc"] - devices["auc"]
+        tiers = result.tiers[["tier", "budget", "devices", "failed", "bytes", "sparsity", "ref_pooled_auc", "pooled_auc",
+                              "tuned_pooled_auc", "pooled_logloss", "tuned_pooled_logloss"]].copy()  # fmt: skip
+        tiers["auc_gain"] = tiers["tuned_pooled_auc"] - tiers["pooled_auc"]
+        plots.plot_finetune(tiers, run_dir / "finetune_tiers.png")
+        for phase, seconds in result.timings.items():
+            timer.seconds[f"federated/{phase}"] = round(seconds, 3)
+        return _finish("finetune", config, folder, {"devices": devices, "tiers": tiers}, timer)
 
 
 def data_fraction_study(config: ExperimentConfig, run_dir: Path | str | None = None, progress: bool = True) -> StudyResult:
@@ -197,38 +198,39 @@ def data_fraction_study(config: ExperimentConfig, run_dir: Path | str | None = N
         Table ``data_fraction``: fraction, samples, attribution seconds, sparsity, AUC, LogLoss and the
         change against the unpruned model.
     """
-    run_dir = _study_dir(config, "data_fraction", run_dir)
-    timer = _Timer()
-    with timer.phase("train"):
-        run = train(config, run_dir=run_dir / "model", progress=progress)
-    reference = evaluate_model(run.model, run.dataset.test)
-    placeholder = config.shaver.placeholder
-    method = next(m for m, p in SHAVER_PLACEHOLDERS.items() if p == placeholder)
-    rows = []
-    for fraction in config.study.data_fractions:
-        fraction_config = dataclasses.replace(config, shaver=dataclasses.replace(config.shaver, data_fraction=fraction))
-        data = attribution_data(fraction_config, run.dataset.valid)
-        with timer.phase(f"attribution/p={fraction:g}"):
-            attribution = attribute(run.model, run.dataset.feature_map, data, placeholder, attribution_options(config, progress))
-        ranking = build_ranking(method, run.model, run.dataset.feature_map, attribution=attribution)
-        for sparsity in config.study.fixed_sparsity:
-            metrics = evaluate_model(ranking.variant(Budget(sparsity=sparsity)).apply(run.model), run.dataset.test)
-            rows.append(
-                {
-                    "fraction": fraction,
-                    "samples": attribution.samples,
-                    "attribution_seconds": attribution.seconds,
-                    "method": method,
-                    "sparsity": sparsity,
-                    "auc": metrics.auc,
-                    "logloss": metrics.logloss,
-                    "delta_auc": metrics.auc - reference.auc,
-                    "delta_logloss": metrics.logloss - reference.logloss,
-                }
-            )
-    table = pd.DataFrame(rows)
-    plots.plot_data_fraction(table, run_dir / "data_fraction.png")
-    return _finish("data_fraction", config, run_dir, {"data_fraction": table}, timer)
+    with _study_folder(config, "data_fraction", run_dir) as folder:
+        run_dir = folder.path
+        timer = _Timer()
+        with timer.phase("train"):
+            run = train(config, run_dir=run_dir / "model", progress=progress)
+        reference = evaluate_model(run.model, run.dataset.test)
+        placeholder = config.shaver.placeholder
+        method = next(m for m, p in SHAVER_PLACEHOLDERS.items() if p == placeholder)
+        rows = []
+        for fraction in config.study.data_fractions:
+            fraction_config = dataclasses.replace(config, shaver=dataclasses.replace(config.shaver, data_fraction=fraction))
+            data = attribution_data(fraction_config, run.dataset.valid)
+            with timer.phase(f"attribution/p={fraction:g}"):
+                attribution = attribute(run.model, run.dataset.feature_map, data, placeholder, attribution_options(config, progress))
+            ranking = build_ranking(method, run.model, run.dataset.feature_map, attribution=attribution)
+            for sparsity in config.study.fixed_sparsity:
+                metrics = evaluate_model(ranking.variant(Budget(sparsity=sparsity)).apply(run.model), run.dataset.test)
+                rows.append(
+                    {
+                        "fraction": fraction,
+                        "samples": attribution.samples,
+                        "attribution_seconds": attribution.seconds,
+                        "method": method,
+                        "sparsity": sparsity,
+                        "auc": metrics.auc,
+                        "logloss": metrics.logloss,
+                        "delta_auc": metrics.auc - reference.auc,
+                        "delta_logloss": metrics.logloss - reference.logloss,
+                    }
+                )
+        table = pd.DataFrame(rows)
+        plots.plot_data_fraction(table, run_dir / "data_fraction.png")
+        return _finish("data_fraction", config, folder, {"data_fraction": table}, timer)
 
 
 def frequency_bins(frequencies: np.ndarray, bins: int) -> np.ndarray:
@@ -249,33 +251,34 @@ def frequency_study(config: ExperimentConfig, run_dir: Path | str | None = None,
         Table ``frequency``: method, bin, number of features, frequency range and the mean number of
         kept embedding columns per feature at ``study.frequency_sparsity``.
     """
-    run_dir = _study_dir(config, "frequency", run_dir)
-    timer = _Timer()
-    with timer.phase("train"):
-        run = train(config, run_dir=run_dir / "model", progress=progress)
-    fm = run.dataset.feature_map
-    frequencies = fm.frequencies()
-    labels = frequency_bins(frequencies, config.study.frequency_bins)
-    names = ["low", "mid", "high"] if config.study.frequency_bins == 3 else [f"bin {i}" for i in range(config.study.frequency_bins)]
-    budget = Budget(sparsity=config.study.frequency_sparsity)
-    rows = []
-    for method in ("shaver_zero", "shaver_codebook"):
-        with timer.phase(f"rank/{method}"):
-            ranking = rankings_for(run, [method], progress=progress)[method]
-        kept_per_feature = ranking.keep_mask(ranking.kept_for(budget)).sum(axis=1)
-        for index, name in enumerate(names):
-            members = labels == index
-            rows.append(
-                {
-                    "method": method,
-                    "bin": name,
-                    "features": int(members.sum()),
-                    "min_frequency": int(frequencies[members].min()),
-                    "max_frequency": int(frequencies[members].max()),
-                    "sparsity": budget.sparsity,
-                    "mean_kept_dims": float(kept_per_feature[members].mean()),
-                }
-            )
-    table = pd.DataFrame(rows)
-    plots.plot_frequency(table, run_dir / "frequency.png")
-    return _finish("frequency", config, run_dir, {"frequency": table}, timer)
+    with _study_folder(config, "frequency", run_dir) as folder:
+        run_dir = folder.path
+        timer = _Timer()
+        with timer.phase("train"):
+            run = train(config, run_dir=run_dir / "model", progress=progress)
+        fm = run.dataset.feature_map
+        frequencies = fm.frequencies()
+        labels = frequency_bins(frequencies, config.study.frequency_bins)
+        names = ["low", "mid", "high"] if config.study.frequency_bins == 3 else [f"bin {i}" for i in range(config.study.frequency_bins)]
+        budget = Budget(sparsity=config.study.frequency_sparsity)
+        rows = []
+        for method in ("shaver_zero", "shaver_codebook"):
+            with timer.phase(f"rank/{method}"):
+                ranking = rankings_for(run, [method], progress=progress)[method]
+            kept_per_feature = ranking.keep_mask(ranking.kept_for(budget)).sum(axis=1)
+            for index, name in enumerate(names):
+                members = labels == index
+                rows.append(
+                    {
+                        "method": method,
+                        "bin": name,
+                        "features": int(members.sum()),
+                        "min_frequency": int(frequencies[members].min()),
+                        "max_frequency": int(frequencies[members].max()),
+                        "sparsity": budget.sparsity,
+                        "mean_kept_dims": float(kept_per_feature[members].mean()),
+                    }
+                )
+        table = pd.DataFrame(rows)
+        plots.plot_frequency(table, run_dir / "frequency.png")
+        return _finish("frequency", config, folder, {"frequency": table}, timer)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fedshaver.cli import main, parse_overrides
-from tests.conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,53 @@ def test_module_entry_point_prints_version():
     completed = subprocess.run([sys.executable, "-m", "fedshaver", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert completed.returncode == 0
     assert completed.stdout.startswith("fedshaver 0.1.0")
+
+
+def test_retraining_removes_old_attributions(cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["--no-progress", "train", "--config", str(CONFIGS / "criteo.yaml"), "--experiment", "criteo_tiny",
+              "--set", f"data.cache_dir={cache_dir}", "--run-dir", str(run_dir)]  # fmt: skip
+    assert main(common) == 0
+    assert main(["attribute", "--run-dir", str(run_dir), "--placeholder", "codebook", "--no-progress"]) == 0
+    assert (run_dir / "attribution_codebook.npz").is_file()
+    assert main([*common, "--set", "seed=7"]) == 0
+    assert not (run_dir / "attribution_codebook.npz").exists()
+    assert (run_dir / "model.pt").is_file()
+
+
+def test_foreign_attribution_is_estimated_again(trained_run, cache_dir, tmp_path, caplog):
+    from fedshaver.api import load_run, rankings_for
+    from fedshaver.shaver.attribution import Attribution, table_digest
+
+    other = tmp_path / "other"
+    assert main(["--no-progress", "train", "--config", str(CONFIGS / "criteo.yaml"), "--experiment", "criteo_tiny",
+                 "--set", f"data.cache_dir={cache_dir}", "--set", "seed=11", "--run-dir", str(other)]) == 0  # fmt: skip
+    run = load_run(other, progress=False)
+    rankings_for(run, ["shaver_zero"], progress=False)
+    foreign = Attribution.load(other / "attribution_zero.npz")
+    (trained_run / "attribution_zero.npz").write_bytes((other / "attribution_zero.npz").read_bytes())
+
+    target = load_run(trained_run, progress=False)
+    rankings_for(target, ["shaver_zero"], progress=False)
+    assert "computed for another embedding table" in caplog.text
+    rewritten = Attribution.load(trained_run / "attribution_zero.npz")
+    assert rewritten.table_digest == table_digest(target.model.embedding_table())
+    assert rewritten.table_digest != foreign.table_digest
+
+
+def test_bad_set_value_is_a_named_error(caplog):
+    status = main(["prepare", "--config", str(CONFIGS / "criteo.yaml"), "--experiment", "criteo_tiny", "--set", "federation.rounds=[1"])
+    assert status == 2
+    assert "invalid --set 'federation.rounds=[1'" in caplog.text
+
+
+def test_prune_options_are_checked(trained_run, caplog):
+    assert main(["prune", "--run-dir", str(trained_run), "--sparsity", "1.5"]) == 2
+    assert "--sparsity 1.5 is outside [0, 1]" in caplog.text
+
+
+def test_options_after_the_command(cache_dir, capsys):
+    status = main(["prepare", "--config", str(CONFIGS / "criteo.yaml"), "--experiment", "criteo_tiny",
+                   "--set", f"data.cache_dir={cache_dir}", "--no-progress", "--log-level", "WARNING"])  # fmt: skip
+    assert status == 0
+    assert "train: 8000 rows" in capsys.readouterr().out

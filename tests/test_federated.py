@@ -12,7 +12,7 @@ import yaml
 
 from fedshaver.config import load_config
 from fedshaver.federated.run import run_federated
-from tests.conftest import CONFIGS
+from conftest import CONFIGS
 
 DEVICE_COLUMNS = {
     "device", "tier", "budget", "budget_kind", "budget_value", "bytes", "layout", "sparsity", "examples",
@@ -37,7 +37,7 @@ def first_run(cache_dir, tmp_path_factory):
 def test_run_writes_every_table(first_run):
     names = {p.name for p in first_run.run_dir.iterdir()}
     expected = {
-        "config.yaml", "feature_map.json", "partitions.csv", "history.csv", "devices.csv", "tiers.csv",
+        "config.yaml", "feature_map.json", "partitions.csv", "history.csv", "devices.csv", "tiers.csv", "model.pt",
         "tiers.json", "failures.csv", "attribution_codebook.npz", "devices_auc.png", "history.png",
     }  # fmt: skip
     assert expected <= names
@@ -136,6 +136,7 @@ def test_infeasible_tier_budget_fails_before_training(cache_dir, tmp_path):
 
     with pytest.raises(InfeasibleBudgetError, match="tier 'ring'.*at least 4244 bytes"):
         run_federated(config, run_dir=tmp_path / "run", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profile.yaml"]
 
 
 
@@ -143,7 +144,7 @@ def test_per_device_notebook_runs(first_run, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    from tests.conftest import ROOT
+    from conftest import ROOT
 
     monkeypatch.setenv("FEDSHAVER_RUN_DIR", str(first_run.run_dir))
     notebook = nbformat.read(ROOT / "notebooks" / "per_device_accuracy.ipynb", as_version=4)
@@ -155,3 +156,13 @@ def test_per_device_notebook_runs(first_run, monkeypatch):
     assert len(images) == 3
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert str(first_run.run_dir) in printed
+
+
+def test_federated_run_folder_can_be_evaluated(first_run, capsys):
+    from fedshaver.cli import main
+
+    assert main(["--no-progress", "evaluate", "--run-dir", str(first_run.run_dir)]) == 0
+    output = capsys.readouterr().out
+    # The saved global model is the one the server evaluated after the last round.
+    valid_auc = first_run.history["valid_auc"].iloc[-1]
+    assert f"{valid_auc:.5f}" in output

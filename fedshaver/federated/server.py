@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedshaver.api import attribution_data, attribution_options, configure_torch, new_model, prepare
+from fedshaver.api import attribution_data, attribution_options, checkpoint_metadata, configure_torch, new_model, prepare
 from fedshaver.config import ExperimentConfig, resolve_paths
 from fedshaver.data.partition import Partitions, partition_clients
 from fedshaver.devices import DeviceProfile, assign_tiers, load_device_profile
@@ -33,15 +33,17 @@ from fedshaver.federated import messages
 from fedshaver.federated.strategy import OrderedFedAvg, short_error
 from fedshaver.metrics import pool_predictions
 from fedshaver.models import CTRModel
-from fedshaver.results import attribution_file, new_run_dir, write_config, write_csv, write_json
+from fedshaver.results import MODEL_FILE, StagedFolder, attribution_file, unique_run_path, write_config, write_csv, write_json
 from fedshaver.shaver.attribution import Attribution
 from fedshaver.shaver.methods import attribute, build_ranking
 from fedshaver.shaver.pruning import EmbeddingVariant, kept_for_bytes
-from fedshaver.training import evaluate_model
+from fedshaver.training import evaluate_model, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
-NODE_WAIT_SECONDS = 300.0
+# Simulated SuperNodes register within seconds; the wait covers slow machines starting Ray.
+NODE_WAIT_SECONDS = 120.0
+NODE_REPORT_SECONDS = 10.0
 
 
 @dataclass
@@ -124,10 +126,21 @@ class FederatedJob:
         self.config = config
         self.progress = progress
         self.paths = resolve_paths(config)
-        self.run_dir = Path(run_dir) if run_dir else new_run_dir(self.paths["run_dir"], config.name)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.final_dir = Path(run_dir) if run_dir else unique_run_path(self.paths["run_dir"], config.name)
+        self.folder: StagedFolder | None = None
         self.timings: dict[str, float] = {}
         self.result: FederatedResult | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder written during the run: a hidden staging folder, or the final folder once committed."""
+        return self.folder.path if self.folder is not None else self.final_dir
+
+    def discard(self) -> None:
+        """Remove everything the run wrote, after a failure."""
+        if self.folder is not None:
+            self.folder.discard()
+            self.folder = None
 
     # Phase 1 -----------------------------------------------------------------------------------
 
@@ -139,6 +152,13 @@ class FederatedJob:
         PartitionError, DeviceProfileError, InfeasibleBudgetError
             On unusable partitions, an invalid profile, or a budget no layout can meet.
         """
+        try:
+            self._setup()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _setup(self) -> None:
         started = time.perf_counter()
         config = self.config
         federation = config.federation
@@ -154,8 +174,6 @@ class FederatedJob:
             partition_by=federation.partition_by,
             min_train_rows=federation.min_partition_rows,
         )
-        self.partitions_path = self.run_dir / "partitions.npz"
-        self.partitions.save(self.partitions_path)
         self.partition_table = self.partitions.table(self.dataset)
 
         self.profile: DeviceProfile = load_device_profile(self.paths["device_profile"])
@@ -171,6 +189,10 @@ class FederatedJob:
                     f"{self.profile.source}: device tier {tier.name!r}: {error}", error.requested, error.minimum
                 ) from None
 
+        # Everything is valid: only now does the run write files, into a staging folder.
+        self.folder = StagedFolder(self.final_dir)
+        self.partitions_path = self.run_dir / "partitions.npz"
+        self.partitions.save(self.partitions_path)
         self.model = new_model(config, fm.num_features, fm.num_fields)
         self.job = messages.job_record(config, str(self.dataset.path), str(self.partitions_path))
         write_config(config, self.run_dir, {"prepared_dataset": str(self.dataset.path), "run_kind": "federated"})
@@ -180,7 +202,7 @@ class FederatedJob:
         logger.info(
             "Setup: %d clients (%s partitions), %d tiers, %d features x %d dims, run folder %s",
             federation.num_clients, federation.partitioner, len(self.profile.tiers), fm.num_features,
-            config.model.embed_dim, self.run_dir,
+            config.model.embed_dim, self.final_dir,
         )
 
     # Phase 2 -----------------------------------------------------------------------------------
@@ -194,11 +216,19 @@ class FederatedJob:
             When a different number of nodes is connected after the wait.
         """
         expected = self.config.federation.num_clients
-        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        started = time.monotonic()
+        deadline = started + NODE_WAIT_SECONDS
+        next_report = started + NODE_REPORT_SECONDS
         nodes = list(grid.get_node_ids())
         while len(nodes) < expected and time.monotonic() < deadline:
             time.sleep(0.2)
             nodes = list(grid.get_node_ids())
+            if time.monotonic() >= next_report:
+                next_report += NODE_REPORT_SECONDS
+                logger.info(
+                    "Waiting for SuperNodes: %d of %d connected after %.0fs (giving up after %.0fs)",
+                    len(nodes), expected, time.monotonic() - started, NODE_WAIT_SECONDS,
+                )
         if len(nodes) != expected:
             raise PartitionError(
                 f"the federation has {len(nodes)} SuperNodes but federation.num_clients is {expected}; start it with "
@@ -312,14 +342,14 @@ class FederatedJob:
         for reply in replies:
             partition = self.strategy.partition_of_node.get(reply.metadata.src_node_id, -1)
             if reply.has_error():
-                self.strategy.record_failure(0, f"evaluate-{kind}", partition, reply.metadata.src_node_id, reply.error.reason)
+                self.strategy.record_failure(None, f"evaluate-{kind}", partition, reply.metadata.src_node_id, reply.error.reason)
             else:
                 received[partition] = reply
         for partition, node in self.node_of_partition.items():
             if partition not in received and not any(
                 f["partition_id"] == partition and f["phase"] == f"evaluate-{kind}" for f in self.strategy.failures
             ):
-                self.strategy.record_failure(0, f"evaluate-{kind}", partition, node, "no reply within the round timeout")
+                self.strategy.record_failure(None, f"evaluate-{kind}", partition, node, "no reply within the round timeout")
         return received
 
     def deploy(self, grid: Grid) -> None:
@@ -352,7 +382,9 @@ class FederatedJob:
                 "sparsity": variant.sparsity,
                 "train_rows": int(self.partition_table.loc[partition, "train_rows"]),
             }
-            errors = [f["error"] for f in self.strategy.failures if f["partition_id"] == partition and f["phase"].startswith("evaluate")]
+            errors = list(dict.fromkeys(
+                f["error"] for f in self.strategy.failures if f["partition_id"] == partition and f["phase"].startswith("evaluate")
+            ))  # fmt: skip
             for prefix, replies in (("", self.variant_replies), ("ref_", self.reference_replies)):
                 row.update({f"{prefix}{key}": value for key, value in _NO_EVALUATION.items()})
                 reply = replies.get(partition)
@@ -436,10 +468,28 @@ class FederatedJob:
         """Run phases 2-6 with ``grid`` (phase 1, :meth:`setup`, must have run).
 
         With ``train_only`` the run stops after federated training: the result contains the history,
-        failures and the global model, and empty device and tier tables.
+        failures and the global model, and empty device and tier tables. The run folder appears only
+        when the run succeeds; a failure removes what the run wrote.
         """
+        try:
+            result = self._run(grid, train_only)
+        except BaseException:
+            self.discard()
+            raise
+        self.final_dir = self.folder.commit()
+        self.folder = None
+        result.run_dir = self.final_dir
+        logger.info("Federated run finished: %s", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        return result
+
+    def _run(self, grid: Grid, train_only: bool) -> FederatedResult:
         self.handshake(grid)
         self.train(grid)
+        save_checkpoint(
+            self.model,
+            self.run_dir / MODEL_FILE,
+            checkpoint_metadata(self.config, self.dataset.feature_map.num_features, self.dataset.feature_map.num_fields),
+        )
         if train_only:
             write_csv(self.history, self.run_dir / "history.csv")
             failures = pd.DataFrame(self.strategy.failures, columns=FAILURE_COLUMNS)
@@ -451,6 +501,4 @@ class FederatedJob:
             return self.result
         self.shave()
         self.deploy(grid)
-        result = self.collect()
-        logger.info("Federated run finished: %s", ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
-        return result
+        return self.collect()

@@ -16,6 +16,7 @@ for samples where its feature is absent (the normalisation by ``|D|`` of Algorit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -62,6 +63,8 @@ class Attribution:
         Wall time of the estimation.
     stop_reason : str
         ``threshold``, ``max_samples`` or ``passes``.
+    table_digest : str
+        :func:`table_digest` of the embedding table the values were estimated for; empty when unknown.
     """
 
     values: np.ndarray
@@ -72,6 +75,7 @@ class Attribution:
     placeholder: Placeholder
     seconds: float
     stop_reason: str
+    table_digest: str = ""
 
     @property
     def samples_per_second(self) -> float:
@@ -88,6 +92,7 @@ class Attribution:
             "placeholder": self.placeholder.name,
             "seconds": self.seconds,
             "stop_reason": self.stop_reason,
+            "table_digest": self.table_digest,
         }
         temporary = path.with_name(f".{path.stem}.tmp.npz")
         np.savez(
@@ -127,9 +132,17 @@ class Attribution:
                     placeholder=Placeholder(metadata["placeholder"], torch.from_numpy(archive["placeholder_values"])),
                     seconds=float(metadata["seconds"]),
                     stop_reason=str(metadata["stop_reason"]),
+                    table_digest=str(metadata.get("table_digest", "")),
                 )
         except (KeyError, ValueError, TypeError, zipfile.BadZipFile) as error:
             raise CheckpointError(f"{path} is not a valid attribution file ({error}); {rerun}") from None
+
+
+def table_digest(table: torch.Tensor | np.ndarray) -> str:
+    """Return a short SHA-256 digest of an embedding table's float32 values, to match files to models."""
+    if isinstance(table, torch.Tensor):
+        table = table.detach().cpu().numpy()
+    return hashlib.sha256(np.ascontiguousarray(table, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 class _RunningMoments:
@@ -289,6 +302,7 @@ def estimate_shapley(
         placeholder=Placeholder(placeholder.name, placeholder_values.clone()),
         seconds=seconds,
         stop_reason=stop_reason,
+        table_digest=table_digest(model.embedding_table()),
     )
     logger.info(
         "Shapley values (%s placeholder): %d samples in %.1fs (%.1f samples/s), convergence ratio %.4f, stopped by %s",
