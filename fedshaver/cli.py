@@ -23,7 +23,7 @@ import yaml
 
 from fedshaver import __version__
 from fedshaver.config import deep_merge, load_config
-from fedshaver.errors import FedShaverError
+from fedshaver.errors import ConfigError, FedShaverError
 
 logger = logging.getLogger("fedshaver")
 
@@ -34,8 +34,12 @@ def parse_overrides(assignments: list[str]) -> dict:
     for assignment in assignments:
         key, separator, raw = assignment.partition("=")
         if not separator or not key:
-            raise FedShaverError(f"invalid --set {assignment!r}; expected section.key=value, e.g. federation.rounds=2")
-        value = yaml.safe_load(raw)
+            raise ConfigError(f"invalid --set {assignment!r}; expected section.key=value, e.g. federation.rounds=2")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            problem = str(error).splitlines()[0]
+            raise ConfigError(f"invalid --set {assignment!r}: the value is not valid YAML ({problem})") from None
         nested: dict = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
@@ -101,6 +105,15 @@ def command_prune(args: argparse.Namespace) -> None:
     from fedshaver.config import validate
     from fedshaver.results import SWEEP_FILE
 
+    for rate in args.sparsity or []:
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"--sparsity {rate:g} is outside [0, 1]; give fractions of the parameters to remove")
+    for budget in args.bytes or []:
+        if budget <= 0:
+            raise ConfigError(f"--bytes {budget} is not a positive byte count")
+    for bits in args.bits or []:
+        if bits not in (2, 4, 8, 16):
+            raise ConfigError(f"--bits {bits} is not supported; use 2, 4, 8 or 16")
     run = load_run(args.run_dir, progress=not args.no_progress)
     prune = run.config.prune
     changes = {}
@@ -134,31 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (DEBUG, INFO, WARNING); default INFO")
+    common.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
+
     def with_config(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--config", required=True, help="YAML config file")
         sub.add_argument("--experiment", help="experiment name in the config file (optional if it defines one)")
         sub.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value; repeatable")
 
-    sub = commands.add_parser("prepare", help="parse raw logs into the cached, encoded dataset")
+    sub = commands.add_parser("prepare", parents=[common], help="parse raw logs into the cached, encoded dataset")
     with_config(sub)
     sub.add_argument("--force", action="store_true", help="prepare again even if a cached result exists")
     sub.set_defaults(handler=command_prepare)
 
-    sub = commands.add_parser("train", help="train centrally and print validation and test AUC / LogLoss")
+    sub = commands.add_parser("train", parents=[common], help="train centrally and print validation and test AUC / LogLoss")
     with_config(sub)
     sub.add_argument("--run-dir", type=Path, help="run folder (default: a new folder under output.run_dir)")
     sub.set_defaults(handler=command_train)
 
-    sub = commands.add_parser("evaluate", help="evaluate the model of a run folder")
+    sub = commands.add_parser("evaluate", parents=[common], help="evaluate the model of a run folder")
     sub.add_argument("--run-dir", type=Path, required=True, help="run folder written by `fedshaver train`")
     sub.set_defaults(handler=command_evaluate)
 
-    sub = commands.add_parser("attribute", help="estimate Shapley values of a run's embedding parameters")
+    sub = commands.add_parser("attribute", parents=[common], help="estimate Shapley values of a run's embedding parameters")
     sub.add_argument("--run-dir", type=Path, required=True, help="run folder written by `fedshaver train`")
     sub.add_argument("--placeholder", choices=["codebook", "zero"], help="placeholder (default: both)")
     sub.set_defaults(handler=command_attribute)
 
-    sub = commands.add_parser("prune", help="evaluate pruning methods across budgets and write sweep.csv")
+    sub = commands.add_parser("prune", parents=[common], help="evaluate pruning methods across budgets and write sweep.csv")
     sub.add_argument("--run-dir", type=Path, required=True, help="run folder written by `fedshaver train`")
     sub.add_argument("--methods", nargs="+", help="methods (default: prune.methods of the config)")
     sub.add_argument("--sparsity", nargs="*", type=float, help="sparsity rates in [0, 1]")
@@ -166,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--bits", nargs="*", type=int, help="bit widths for ptq")
     sub.set_defaults(handler=command_prune)
 
-    sub = commands.add_parser("simulate", help="run the federated main job")
+    sub = commands.add_parser("simulate", parents=[common], help="run the federated main job")
     with_config(sub)
     sub.add_argument("--run-dir", type=Path, help="run folder (default: a new folder under output.run_dir)")
     sub.set_defaults(handler=command_simulate)

@@ -381,15 +381,37 @@ def expand_path(value: str, base_dir: Path | None) -> Path:
 
     def substitute(match: re.Match) -> str:
         variable = match.group(1)
+        hint = " (the folder of the larger real data samples)" if variable == DATA_DIR_VARIABLE else ""
         if variable not in os.environ:
-            hint = " (the folder of the larger real data samples)" if variable == DATA_DIR_VARIABLE else ""
             raise DataNotFoundError(f"path {value!r} needs the environment variable {variable}{hint}, which is not set")
+        if not os.environ[variable].strip():
+            raise DataNotFoundError(f"path {value!r} needs the environment variable {variable}{hint}, which is empty")
         return os.environ[variable]
 
     path = Path(_VARIABLE_PATTERN.sub(substitute, value)).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     return Path(os.path.normpath(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loader that rejects a key repeated in one mapping instead of keeping the last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_yaml(text: str):
+    """Parse YAML with the safe loader, rejecting duplicate keys (``yaml.YAMLError`` on failure)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def available_experiments(path: Path | str) -> list[str]:
@@ -401,7 +423,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = safe_load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(document, dict):
@@ -569,5 +591,6 @@ def validate(config: ExperimentConfig) -> None:
         fail("study.frequency_bins", config.study.frequency_bins, "at least 1")
     if not 0.0 <= config.study.frequency_sparsity <= 1.0:
         fail("study.frequency_sparsity", config.study.frequency_sparsity, "in [0, 1]")
-    if sum(config.data.split_fractions) <= 0:
-        fail("data.split_fractions", config.data.split_fractions, "three fractions summing to 1")
+    fractions = config.data.split_fractions
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
+        fail("data.split_fractions", fractions, "three non-negative fractions (train, valid, test) summing to 1")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fedshaver.config import safe_load_yaml
 from fedshaver.errors import DeviceProfileError, InfeasibleBudgetError
 from fedshaver.shaver.pruning import Budget
 
@@ -138,7 +139,7 @@ def load_device_profile(path: Path | str) -> DeviceProfile:
     if not path.is_file():
         raise DeviceProfileError(f"device profile not found: {path}")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = safe_load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise DeviceProfileError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(document, dict) or set(document) != {"tiers"} or not isinstance(document["tiers"], list):

@@ -23,6 +23,10 @@ class DataNotFoundError(FedShaverError, FileNotFoundError):
     """A data file, a data folder or the data-folder environment variable is missing."""
 
 
+class DataFileError(FedShaverError, ValueError):
+    """A data file cannot be read as a whole: truncated or corrupt compression, unreadable bytes."""
+
+
 class MalformedRowError(FedShaverError, ValueError):
     """A raw data row cannot be parsed.
 

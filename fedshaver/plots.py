@@ -29,7 +29,7 @@ def plot_device_auc(devices: pd.DataFrame, path: Path | str | None = None) -> Fi
     """
     figure = Figure(figsize=(7, 4.5))
     axis = figure.subplots()
-    usable = devices[np.isfinite(devices["auc"].astype(float))]
+    usable = devices[np.isfinite(devices["auc"].astype(float))].sort_values(["bytes", "device"])
     for index, (tier, group) in enumerate(usable.groupby("tier", sort=False)):
         color = f"C{index}"
         axis.scatter(group["bytes"], group["auc"], color=color, label=f"{tier} ({group['budget'].iloc[0]})", zorder=3)
@@ -39,6 +39,10 @@ def plot_device_auc(devices: pd.DataFrame, path: Path | str | None = None) -> Fi
     axis.set_xlabel("embedding table stored on the device (bytes, log scale)")
     axis.set_ylabel("AUC on the device's test rows")
     axis.set_title("Per-device AUC against embedding memory budget")
+    omitted = len(devices) - len(usable)
+    if omitted:
+        axis.text(0.01, 0.01, f"{omitted} device(s) without an AUC (failed or single-class test rows) not shown",
+                  transform=axis.transAxes, fontsize="small", color="dimgrey")  # fmt: skip
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize="small", loc="best")
     return _finish(figure, path)
@@ -66,7 +70,7 @@ METHOD_LABELS = {
     "magnitude": "Magnitude",
     "taylor": "Taylor",
     "random": "Random",
-    "ptq": "PTQ (16/8/4 bits)",
+    "ptq": "PTQ",
 }
 METRIC_LABELS = {"auc": "test AUC", "logloss": "test LogLoss"}
 
@@ -103,13 +107,15 @@ def _draw_sweep_panel(axis, table: pd.DataFrame, metric: str) -> None:
         return float(np.interp(value, rates, range(len(rates)))) if len(rates) > 1 else 0.0
 
     for index, method in enumerate(m for m in METHOD_LABELS if m in set(ok["method"])):
+        label = METHOD_LABELS[method]
         if method == "ptq":
             rows = ok[ok["method"] == "ptq"].sort_values("sparsity")
             x = [position(s) for s in rows["sparsity"]]
+            label = f"PTQ ({'/'.join(b.split('-')[0] for b in rows.sort_values('sparsity')['budget'])} bits)"
         else:
             rows = by_rate[by_rate["method"] == method].sort_values("budget_value")
             x = [position(v) for v in rows["budget_value"]]
-        axis.plot(x, rows[metric], marker="o", color=f"C{index}", label=METHOD_LABELS[method])
+        axis.plot(x, rows[metric], marker="o", color=f"C{index}", label=label)
     reference = table.loc[table["method"] == "unpruned", metric]
     if len(reference):
         axis.axhline(float(reference.iloc[0]), color="black", linestyle="--", linewidth=1, label="unpruned")

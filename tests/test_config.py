@@ -9,7 +9,7 @@ import yaml
 
 from fedshaver.config import available_experiments, deep_merge, load_config, resolve_paths
 from fedshaver.errors import ConfigError, DataNotFoundError
-from tests.conftest import CONFIGS, CRITEO_SAMPLE
+from conftest import CONFIGS, CRITEO_SAMPLE
 
 
 def write_config(tmp_path, document) -> Path:
@@ -130,3 +130,23 @@ def test_every_shipped_experiment_loads(monkeypatch, tmp_path):
         for experiment in available_experiments(CONFIGS / name):
             config = load_config(CONFIGS / name, experiment)
             assert resolve_paths(config)["device_profile"].is_file(), (name, experiment)
+
+
+def test_duplicate_keys_are_rejected(tmp_path):
+    path = tmp_path / "duplicate.yaml"
+    path.write_text("base:\n  train: {epochs: 1}\n  train: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        load_config(path)
+
+
+def test_empty_data_dir_variable(monkeypatch):
+    monkeypatch.setenv("FEDSHAVER_DATA_DIR", "")
+    config = load_config(CONFIGS / "criteo.yaml", "criteo_137k_deepfm")
+    with pytest.raises(DataNotFoundError, match="FEDSHAVER_DATA_DIR.*which is empty"):
+        resolve_paths(config)
+
+
+def test_split_fractions_quote_the_key(tmp_path):
+    path = write_config(tmp_path, {"base": {"data": {"split_fractions": [0.8, 0.3, 0.1]}}})
+    with pytest.raises(ConfigError, match="data.split_fractions must be three non-negative fractions"):
+        load_config(path)

@@ -574,3 +574,27 @@ def test_report_distinct_tokens(oov_dataset):
     dataset, _ = oov_dataset
     assert dataset.report["distinct_tokens"]["C1"] == 7
     assert dataset.report["distinct_tokens"]["C2"] == 1
+
+
+def test_blank_lines_are_passed_over(tmp_path):
+    # Two valid Criteo rows with an empty line between them and one at the end.
+    row = "\t".join(["1"] + ["5"] * 13 + ["ab"] * 26)
+    path = tmp_path / "blank.txt"
+    path.write_text(f"{row}\n\n{row}\n\n")
+    dataset = prepare_dataset([path], "criteo", tmp_path / "cache", split_fractions=[1.0, 0.0, 0.0], progress=False)
+    assert len(dataset.train) == 2
+    assert dataset.report["bad_rows"]["blank_lines"] == 2
+    assert dataset.report["bad_rows"]["skipped_rows"] == 0
+
+
+def test_truncated_gzip_is_a_named_error(tmp_path):
+    import gzip
+
+    from fedshaver.errors import DataFileError
+
+    complete = gzip.compress(CRITEO_SAMPLE.read_bytes())
+    path = tmp_path / "truncated.txt.gz"
+    path.write_bytes(complete[: len(complete) // 3])
+    with pytest.raises(DataFileError, match="truncated.txt.gz.*truncated or corrupt"):
+        prepare_dataset([path], "criteo", tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []

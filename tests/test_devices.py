@@ -9,7 +9,7 @@ import yaml
 
 from fedshaver.devices import assign_tiers, load_device_profile
 from fedshaver.errors import DeviceProfileError
-from tests.conftest import CONFIGS
+from conftest import CONFIGS
 
 
 def write_profile(tmp_path, tiers) -> str:

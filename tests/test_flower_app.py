@@ -16,7 +16,7 @@ from flwr.app import Context, RecordDict
 from fedshaver.errors import ConfigError, PartitionError
 from fedshaver.federated.client import partition_id
 from fedshaver.federated.run import config_from_run_config, parse_override_string
-from tests.conftest import ROOT
+from conftest import ROOT
 
 
 def make_context(node_config: dict) -> Context:
@@ -90,7 +90,9 @@ def _stop_local_superlink(flwr_home: Path) -> None:
 def test_flwr_run_starts_the_app(cache_dir, tmp_path):
     flwr_home = tmp_path / "flwr-home"
     run_dir = tmp_path / "run"
-    env = dict(os.environ, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    # `flwr run` starts `flower-superlink` from PATH, so the environment's bin folder must be on it.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = dict(os.environ, PATH=path, FLWR_HOME=str(flwr_home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     run_config = f"experiment='criteo_tiny' overrides='data.cache_dir={cache_dir} federation.rounds=1' run-dir='{run_dir}'"
     command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream", "--run-config", run_config,
                "--federation-config", "num-supernodes=4"]  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from fedshaver.config import load_config
 from fedshaver.data.partition import Partitions, partition_clients
 from fedshaver.errors import PartitionError, UnknownFieldError
-from tests.conftest import CONFIGS
+from conftest import CONFIGS
 
 
 @pytest.fixture(scope="module")

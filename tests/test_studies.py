@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT
 
 METHODS = {"shaver_codebook", "shaver_zero", "magnitude", "taylor", "random"}
 

@@ -93,6 +93,7 @@ class BadRowPolicy:
         self.max_examples = max_examples
         self.counts: dict[str, int] = {}
         self.examples: list[dict] = []
+        self.blank_lines = 0
 
     def handle(self, error: MalformedRowError) -> None:
         """Raise ``error`` in raise mode; otherwise record it."""
@@ -117,7 +118,12 @@ class BadRowPolicy:
 
     def report(self) -> dict:
         """Return the skipped-row counts by reason and the first examples, as plain data."""
-        return {"skipped_rows": self.skipped, "by_reason": dict(self.counts), "examples": list(self.examples)}
+        return {
+            "skipped_rows": self.skipped,
+            "by_reason": dict(self.counts),
+            "examples": list(self.examples),
+            "blank_lines": self.blank_lines,
+        }
 
 
 @dataclass(frozen=True)

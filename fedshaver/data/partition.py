@@ -171,10 +171,11 @@ def partition_clients(
     else:
         partitioner = NaturalIdPartitioner(partition_by="key")
     partitioner.dataset = pool
+    settings = f"{num_clients} clients" + (f", alpha {alpha:g}, at least {min_train_rows} rows each" if method == "dirichlet" else "")
     try:
         available = partitioner.num_partitions
     except ValueError as error:
-        raise PartitionError(f"the {method} partitioner failed for {num_clients} clients: {error}") from None
+        raise PartitionError(f"the {method} partitioner failed for {settings}: {error}") from None
     if available != num_clients:
         raise PartitionError(
             f"natural partitions by {partition_by!r} gave {available} non-empty groups for {num_clients} clients; "
@@ -187,7 +188,7 @@ def partition_clients(
         try:
             rows = np.sort(np.asarray(partitioner.load_partition(partition_id)["row"], dtype=np.int64))
         except ValueError as error:
-            raise PartitionError(f"the {method} partitioner failed for {num_clients} clients: {error}") from None
+            raise PartitionError(f"the {method} partitioner failed for {settings}: {error}") from None
         clients.append(ClientPartition(partition_id, rows[rows < boundary], rows[rows >= boundary] - boundary))
 
     too_small = [c for c in clients if len(c.train_rows) < min_train_rows]

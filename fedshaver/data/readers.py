@@ -7,7 +7,9 @@ exact line number instead of shifting columns.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -16,12 +18,21 @@ import numpy as np
 import pandas as pd
 
 from fedshaver.data.formats import BadRowPolicy, DataFormat, RawChunk
-from fedshaver.errors import DataNotFoundError, MalformedRowError
+from fedshaver.errors import DataFileError, DataNotFoundError, MalformedRowError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _COUNT_BLOCK_BYTES = 1 << 24
 _READ_BLOCK_BYTES = 1 << 22
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn errors of the decompressor or the file system while reading ``path`` into :class:`DataFileError`."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error) as error:
+        raise DataFileError(f"cannot read {path}: {error}; the file is truncated or corrupt") from None
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -50,7 +61,7 @@ def _has_header(path: Path, data_format: DataFormat) -> bool:
     """
     if not data_format.header:
         return False
-    with open_binary(path) as handle:
+    with open_binary(path) as handle, reading(path):
         _skip_byte_order_mark(handle)
         first = handle.readline().rstrip(b"\r\n")
     if first == _header_bytes(data_format):
@@ -69,7 +80,7 @@ def count_data_rows(paths: Sequence[Path], data_format: DataFormat) -> int:
     for path in paths:
         lines = 0
         last = b"\n"
-        with open_binary(path) as handle:
+        with open_binary(path) as handle, reading(path):
             while block := handle.read(_COUNT_BLOCK_BYTES):
                 lines += block.count(b"\n")
                 last = block[-1:]
@@ -92,9 +103,10 @@ def iter_raw_chunks(
     ``policy`` skips them. Callers that label every data line (the train/valid/test assignment) stay
     aligned with the stream by consuming ``num_lines`` labels per step.
 
-    Lines end at ``\\n``; trailing ``\\r`` and ``\\n`` characters are removed, and a UTF-8 byte order mark
-    at the start of a file is ignored. Values are decoded as latin-1 and kept verbatim: there is no
-    quoting, so a quote character is part of its value.
+    Lines end at ``\\n``; trailing ``\\r`` and ``\\n`` characters are removed, empty lines are passed over
+    (counted in ``policy.blank_lines``), and a UTF-8 byte order mark at the start of a file is ignored.
+    Values are decoded as latin-1 and kept verbatim: there is no quoting, so a quote character is part
+    of its value.
 
     Raises
     ------
@@ -110,11 +122,14 @@ def iter_raw_chunks(
             _skip_byte_order_mark(handle)
             if header:
                 handle.readline()
-            for raw_lines in _iter_line_blocks(handle, chunk_rows):
+            for raw_lines in _iter_line_blocks(handle, chunk_rows, path):
                 lines = [line.rstrip(b"\r\n") for line in raw_lines]
                 field_counts = np.fromiter((line.count(delimiter) + 1 for line in lines), dtype=np.int64, count=len(lines))
+                # An empty line holds no row, so it is passed over (and counted) rather than reported.
+                blank = np.fromiter((not line for line in lines), dtype=bool, count=len(lines))
+                policy.blank_lines += int(blank.sum())
                 good = field_counts == expected
-                for bad_index in np.flatnonzero(~good):
+                for bad_index in np.flatnonzero(~good & ~blank):
                     policy.handle(
                         MalformedRowError(
                             path,
@@ -141,7 +156,7 @@ def _skip_byte_order_mark(handle: BinaryIO) -> None:
         handle.read(len(_UTF8_BOM))
 
 
-def _iter_line_blocks(handle: BinaryIO, chunk_rows: int) -> Iterator[list[bytes]]:
+def _iter_line_blocks(handle: BinaryIO, chunk_rows: int, path: Path) -> Iterator[list[bytes]]:
     """Yield the lines of ``handle`` (without their ``\\n``) in lists of ``chunk_rows``, the last one shorter.
 
     The file is read in blocks of :data:`_READ_BLOCK_BYTES`, because reading line by line costs a Python
@@ -150,7 +165,11 @@ def _iter_line_blocks(handle: BinaryIO, chunk_rows: int) -> Iterator[list[bytes]
     """
     pending: list[bytes] = []
     partial = b""
-    while block := handle.read(_READ_BLOCK_BYTES):
+    while True:
+        with reading(path):
+            block = handle.read(_READ_BLOCK_BYTES)
+        if not block:
+            break
         pieces = (partial + block).split(b"\n")
         partial = pieces.pop()
         pending.extend(pieces)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Iterable
 
@@ -23,9 +24,17 @@ from fedshaver.federated import messages
 logger = logging.getLogger(__name__)
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_error(reason: str) -> str:
+    """Return an error reason without terminal colour codes."""
+    return _ANSI_ESCAPE.sub("", str(reason))
+
+
 def short_error(reason: str) -> str:
     """Return the last line of a client error reason that names the exception, without Ray's wrapping."""
-    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    lines = [line.strip() for line in plain_error(reason).splitlines() if line.strip()]
     for line in reversed(lines):
         if "Message:" in line:
             return line.split("Message:", 1)[1].strip(" '>")
@@ -118,10 +127,18 @@ class OrderedFedAvg(FedAvg):
         )
         return arrays, metrics
 
-    def record_failure(self, server_round: int, phase: str, partition: int, node: int, reason: str) -> None:
-        """Keep one failure row and log it."""
+    def record_failure(self, server_round: int | None, phase: str, partition: int, node: int, reason: str) -> None:
+        """Keep one failure row and log it; ``server_round`` is None for the deployment after training."""
         message = short_error(reason)
         self.failures.append(
-            {"round": server_round, "phase": phase, "partition_id": partition, "node_id": node, "error": message, "detail": str(reason)[-2000:]}
+            {
+                "round": server_round,
+                "phase": phase,
+                "partition_id": partition,
+                "node_id": node,
+                "error": message,
+                "detail": plain_error(reason)[-2000:],
+            }
         )
-        logger.warning("Client %d failed in %s (round %d): %s", partition, phase, server_round, message)
+        when = f"round {server_round}" if server_round is not None else "deployment"
+        logger.warning("Client %d failed in %s (%s): %s", partition, phase, when, message)
