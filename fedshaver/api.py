@@ -247,7 +247,7 @@ def load_model(run_dir: Path | str, config: ExperimentConfig, num_features: int,
 
 
 def load_run(run_dir: Path | str, progress: bool = True) -> TrainRun:
-    """Load a run folder written by :func:`train`: config, dataset and trained model."""
+    """Load a run folder with a ``model.pt`` (from :func:`train` or a federated run): config, dataset, model."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     configure_torch(config)

@@ -47,7 +47,8 @@ class DataConfig:
     files : list of str
         Raw files, read in this order as one stream.
     min_count : int or None
-        Tokens rarer than this in the training split map to OOV; None takes the paper's value.
+        Tokens rarer than this in the training split map to OOV; None takes the format's default (10 for
+        Criteo, 2 for Avazu, the values of the Shaver paper).
     split_fractions : list of float
         Train, validation and test fractions.
     seed : int
@@ -132,7 +133,7 @@ class ShaverConfig:
     threshold : float or None
         Stop once the convergence ratio (largest standard error over the value range) drops below it.
     passes : int
-        Maximum passes over the attribution data; the paper uses one.
+        Maximum passes over the attribution data; the Shaver paper uses one.
     data_fraction : float
         Fraction of the attribution data to use (0, 1].
     seed : int
@@ -252,7 +253,7 @@ class StudyConfig:
 
 @dataclass
 class OutputConfig:
-    """Where runs are written. ``run_dir`` receives one sub-folder per run."""
+    """Output location: ``run_dir`` receives one sub-folder per run."""
 
     run_dir: str = "runs"
 

@@ -85,7 +85,7 @@ def evaluate_variants(
             continue
         rows.append(_row(method, budget.label, budget, variant, evaluate_model(variant.apply(model), split)))
     table = pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)
-    # For PTQ, "sparsity" is the paper's nominal 1 - bits / 32; storage_ratio is the real size ratio,
+    # For PTQ, "sparsity" is the Shaver paper's nominal 1 - bits / 32; storage_ratio is the real size ratio,
     # which includes the per-row scale and minimum.
     table["storage_ratio"] = pd.to_numeric(table["bytes"], errors="coerce") / float(rows[0]["bytes"])
     table["delta_auc"] = table["auc"] - reference.auc

@@ -203,7 +203,7 @@ class DataFormat:
 
     @property
     def _dropped_columns(self) -> frozenset[str]:
-        # Avazu's id is unique per row, so it carries no signal; the paper drops it as well.
+        # Avazu's id is unique per row, so it carries no signal; the Shaver paper drops it as well.
         return frozenset({"id"}) if self.name == "avazu" else frozenset()
 
     @staticmethod

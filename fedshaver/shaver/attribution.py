@@ -223,7 +223,7 @@ def estimate_shapley(
     threshold : float, optional
         Stop once the convergence ratio is below this value (checked every ``check_every`` samples).
     passes : int
-        Maximum passes over ``data``, each with fresh permutations; one pass is the paper's setting.
+        Maximum passes over ``data``, each with fresh permutations; one pass is the Shaver paper's setting.
     seed : int
         Seed of the sample order and of the permutations.
     progress : bool

@@ -9,7 +9,8 @@ The generic evaluator builds every step's input and runs the model's head on all
 batch. DeepFM gets a structured evaluator: its FM term (column sums and squared norms) and its DNN's
 first layer are linear in the embeddings, so removing one player changes them by a rank-one term, and
 their values along the whole path are a cumulative sum of per-step updates. Only the deeper DNN layers
-run per step, which removes about 45% of the head's multiply-adds at the paper's Criteo shape.
+run per step. At the Criteo shape of the Shaver paper (39 fields, d = 16, DNN 400-400-400) this removes
+about 45% of the head's multiply-adds.
 
 DCN-Mix uses the generic evaluator. Its only linear part is the first cross layer's low-rank
 projection (about 10% of the head's work); updating it incrementally measured slower than recomputing

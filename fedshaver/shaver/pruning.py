@@ -128,7 +128,7 @@ class EmbeddingVariant:
     budget : Budget or None
         Budget it was built for; None for quantization, whose size follows from ``bits``.
     sparsity : float
-        Fraction of parameters removed; for quantization the paper's nominal ``1 - bits / 32``.
+        Fraction of parameters removed; for quantization the nominal ``1 - bits / 32`` of the Shaver paper.
     storage : CompactTable or QuantizedTable
         Stored form, whose :attr:`nbytes` is exact.
     """
