@@ -37,7 +37,7 @@ class MalformedRowError(FedShaverError, ValueError):
     line : int
         1-based line number of the row in that file.
     field : str or None
-        Field that holds the bad value, or None when the whole row is wrong.
+        Field that contains the bad value, or None when the whole row is wrong.
     value : str
         The offending value, or a description of the row.
     reason : str

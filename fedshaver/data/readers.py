@@ -125,7 +125,7 @@ def iter_raw_chunks(
             for raw_lines in _iter_line_blocks(handle, chunk_rows, path):
                 lines = [line.rstrip(b"\r\n") for line in raw_lines]
                 field_counts = np.fromiter((line.count(delimiter) + 1 for line in lines), dtype=np.int64, count=len(lines))
-                # An empty line holds no row, so it is passed over (and counted) rather than reported.
+                # An empty line contains no row, so it is passed over (and counted) rather than reported.
                 blank = np.fromiter((not line for line in lines), dtype=bool, count=len(lines))
                 policy.blank_lines += int(blank.sum())
                 good = field_counts == expected

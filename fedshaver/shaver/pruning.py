@@ -2,8 +2,8 @@
 
 Parameters are ranked by the absolute value of their score, smallest first, ties broken by flat index
 ``i * embed_dim + c``. For Shapley scores the absolute value is used because a parameter whose removal
-changes the log loss little in either direction matters least; a large negative value (removal lowers
-the loss on the attribution data) is kept, since it still changes the model's predictions.
+changes the log loss little in either direction matters least. A large negative value (removal lowers
+the loss on the attribution data) is kept, because it still changes the model's predictions.
 
 A budget is a sparsity rate ``t`` (the fraction of the ``n * d`` parameters replaced by their placeholder)
 or a byte budget for the stored table, index and codebook included (see :mod:`fedshaver.shaver.storage`).
@@ -170,8 +170,8 @@ class EmbeddingVariant:
     def apply(self, model: CTRModel, compact: bool = False) -> CTRModel:
         """Return a copy of ``model`` whose embedding table is this variant.
 
-        With ``compact=False`` (default) the copy holds the imputed dense table, which evaluates fastest;
-        with ``compact=True`` it holds the :meth:`embedding_module`, as a device would. Both give the
+        With ``compact=False`` (default) the copy contains the imputed dense table, which evaluates fastest;
+        with ``compact=True`` it contains the :meth:`embedding_module`, as a device would. Both give the
         same embeddings.
         """
         pruned = copy.deepcopy(model)

@@ -5,7 +5,7 @@ placeholder (the codebook value, or 0). Three layouts are considered and the sma
 
 - ``dense``: the full imputed table, ``n * d`` float32 values, no index and no codebook;
 - ``bitmap``: one bit per parameter (row-major, ``ceil(n * d / 8)`` bytes) plus the kept values;
-- ``csr``: per-row offsets (``n + 1`` unsigned integers of the smallest width that holds ``kept``)
+- ``csr``: per-row offsets (``n + 1`` unsigned integers of the smallest width that fits ``kept``)
   plus one column index per kept value (uint8 when ``d <= 256``) plus the kept values.
 
 The sparse layouts also store the codebook (``num_fields * d`` float32) when the placeholder is not
@@ -33,7 +33,7 @@ FORMATS = ("dense", "bitmap", "csr")
 
 
 def offset_dtype(max_value: int) -> np.dtype:
-    """Return the narrowest unsigned integer dtype that holds ``max_value``."""
+    """Return the narrowest unsigned integer dtype that fits ``max_value``."""
     for dtype in _OFFSET_DTYPES:
         if max_value <= np.iinfo(dtype).max:
             return np.dtype(dtype)
