@@ -204,6 +204,8 @@ class FederationConfig:
         CPUs reserved per simulated client.
     finetune_epochs : int
         Local epochs of on-device fine-tuning of the received variant (0 disables it).
+    finetune_learning_rate : float or None
+        Adam learning rate of the fine-tuning; None uses ``train.learning_rate``.
     fail_clients : list of dict
         Fault injection for tests: entries ``{partition_id, phase, round}`` make that client raise.
     """
@@ -220,6 +222,7 @@ class FederationConfig:
     device_profile: str = "devices/default.yaml"
     client_cpus: int = 1
     finetune_epochs: int = 0
+    finetune_learning_rate: float | None = None
     fail_clients: list[dict] = field(default_factory=list)
 
 
@@ -557,6 +560,8 @@ def validate(config: ExperimentConfig) -> None:
         fail("federation.fraction_train", config.federation.fraction_train, "in (0, 1]")
     if config.federation.dirichlet_alpha <= 0:
         fail("federation.dirichlet_alpha", config.federation.dirichlet_alpha, "positive")
+    if config.federation.finetune_learning_rate is not None and config.federation.finetune_learning_rate <= 0:
+        fail("federation.finetune_learning_rate", config.federation.finetune_learning_rate, "positive")
     if config.federation.round_timeout <= 0:
         fail("federation.round_timeout", config.federation.round_timeout, "positive")
     if config.federation.partitioner == "natural":

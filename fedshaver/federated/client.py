@@ -183,6 +183,8 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
         options = train_options(job.config)
         options.seed = job.config.seed + client
+        if job.config.federation.finetune_learning_rate is not None:
+            options.learning_rate = job.config.federation.finetune_learning_rate
         torch.manual_seed(options.seed)
         tuned = finetune_variant(model, storage, train, options, finetune_epochs)
         tuned_values, tuned_logits = _evaluate(tuned, test)
