@@ -2,8 +2,8 @@
 
 Every command writes into one run folder: the resolved config, the feature map, tables as CSV (and JSON
 where a nested summary reads better), checkpoints, attribution files and plots. Files are written to a
-temporary name and renamed into place, and whole runs are staged in a hidden sibling folder that is
-moved into place only when the run succeeds, so a failure does not leave a half-written run behind.
+temporary name and renamed into place. Whole runs are staged in a hidden sibling folder that is moved
+into place only when the run succeeds, so a failure does not leave a half-written run behind.
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ Every run folder contains the resolved config (with seed and package version), C
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,19 +71,16 @@ class _Timer:
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
-    def phase(self, name: str):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                self.started = time.perf_counter()
-                logger.info("Phase %s started", name)
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = round(time.perf_counter() - self.started, 3)
-                logger.info("Phase %s finished in %.1fs", name, timer.seconds[name])
-
-        return _Phase()
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the enclosed block as phase ``name``, logging its start and end."""
+        started = time.perf_counter()
+        logger.info("Phase %s started", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+            logger.info("Phase %s finished in %.1fs", name, self.seconds[name])
 
 
 def _study_folder(config: ExperimentConfig, study: str, run_dir: Path | str | None):

@@ -23,10 +23,16 @@ SWEEP_COLUMNS = [
 
 
 def _row(method: str, budget_label: str, budget: Budget | None, variant: EmbeddingVariant | None, metrics: Metrics | None) -> dict:
+    if budget is not None:
+        budget_kind = budget.kind
+    elif method == "ptq":
+        budget_kind = "bits"
+    else:
+        budget_kind = "none"
     row = {
         "method": method,
         "budget": budget_label,
-        "budget_kind": budget.kind if budget is not None else ("bits" if method == "ptq" else "none"),
+        "budget_kind": budget_kind,
         "budget_value": budget.value if budget is not None else float("nan"),
         "sparsity": variant.sparsity if variant is not None else float("nan"),
         "bytes": variant.nbytes if variant is not None else pd.NA,

@@ -63,7 +63,7 @@ class FitResult:
     history : pandas.DataFrame
         One row per epoch: ``epoch``, ``train_logloss``, ``valid_auc``, ``valid_logloss``, ``seconds``.
     best_epoch : int
-        Epoch whose weights the model holds after fitting (the last one without validation data).
+        Epoch whose weights the model has after fitting (the last one without validation data).
     stopped_early : bool
         Whether training stopped before ``epochs`` because validation AUC stopped improving.
     train_examples : int

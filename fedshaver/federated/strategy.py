@@ -2,8 +2,8 @@
 
 Flower's ``FedAvg`` samples nodes with the global ``random`` module and aggregates replies in arrival
 order, so two runs with the same seed can differ in their last bits. This subclass samples from the
-clients sorted by partition id with a generator seeded by (seed, round), sorts replies by partition id
-before averaging, and records every error reply and every sampled client that sent no reply within
+clients sorted by partition id with a generator seeded by (seed, round) and sorts replies by partition
+id before averaging. It records every error reply and every sampled client that sent no reply within
 the round timeout.
 """
 

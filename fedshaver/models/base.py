@@ -6,7 +6,7 @@ without knowing the architecture::
     embeddings = model.embed(x)          # (batch, num_fields, embed_dim)
     logits = model.head(embeddings, x)   # (batch,)
 
-``x`` holds global feature ids ``(batch, num_fields)``. The embedding table is ``model.embedding``, an
+``x`` contains global feature ids ``(batch, num_fields)``. The embedding table is ``model.embedding``, an
 ``nn.Embedding`` of shape ``(num_features, embed_dim)`` during training; pruning swaps in a module with
 the same call signature.
 """

@@ -195,7 +195,7 @@ class CompactEmbedding(nn.Module):
     A lookup of ids ``(batch, num_fields)`` starts from the placeholder of each position's field (the
     codebook row, or 0) and writes the stored values of the requested rows over it, so backbones run
     unchanged. Sparse layouts keep their per-row offsets as int64 at run time (decoded from the bitmap
-    for the bitmap layout); that run-time index is not part of the stored bytes.
+    for the bitmap layout). That run-time index is not part of the stored bytes.
     """
 
     def __init__(self, table: CompactTable):
